@@ -1,0 +1,1 @@
+"""Chat sessions, the chat prompt and streaming (see the chat issue)."""

@@ -1,0 +1,1 @@
+"""What to ask the model for at a cursor, the prompt, and what to do with the answer."""

@@ -1,0 +1,100 @@
+"""The `fimble` command line: argument parsing and printing only; the work is done elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from completion.fim import Cursor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fimble", description="Local AI code completion.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    complete = commands.add_parser("complete", help="print the single-line completion at a cursor")
+    complete.add_argument("file", type=Path)
+    complete.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
+    complete.add_argument("--col", type=int, required=True, help="1-based column of the cursor (characters)")
+    complete.add_argument("--stats", action="store_true", help="print prompt, cache and timing stats to stderr")
+
+    commands.add_parser("models", help="list the configured models and their state")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FIMBLE_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "complete":
+            return run_complete(args.file, args.line, args.col, args.stats)
+        return run_models()
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"fimble: error: {error}", file=sys.stderr)
+        return 1
+
+
+def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
+    from completion.single_line import complete_single_line
+    from models.config import load_role_config
+    from models.pool import EnginePool
+    from models.spec import Role
+
+    text = read_source(path)
+    cursor = Cursor(line - 1, col - 1)
+    pool = EnginePool(load_role_config())
+    try:
+        completion = complete_single_line(pool.engine_for(Role.SINGLE_LINE), text, cursor)
+    finally:
+        pool.close()
+    print(completion.text)
+    if show_stats:
+        s = completion.result.stats
+        print(
+            f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), ttft {s.ttft_s or 0:.3f} s, "
+            f"{s.generated_tokens} tokens at {s.decode_tok_s or 0:.1f} tok/s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def read_source(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        raise ValueError(f"{path} looks binary; fimble completes text files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def run_models() -> int:
+    from models.config import default_config_path, load_role_config
+    from models.embedded import embedded_checkpoint_state
+    from models.spec import EMBEDDED, Role
+
+    roles = load_role_config()
+    print(f"config: {default_config_path()}")
+    for role in Role:
+        spec = roles.spec_for(role)
+        state = embedded_checkpoint_state() if spec.source == EMBEDDED else source_state(spec.source)
+        quantization = spec.quantization or "auto (int8-dynamic on CPU, bf16 on GPU)"
+        print(f"{role.config_name:12} {spec.source:40} quantization={quantization} device={spec.device}  [{state}]")
+    return 0
+
+
+def source_state(source: str) -> str:
+    if source.startswith(("http://", "https://")):
+        return "remote (openai backend)"
+    if Path(source).expanduser().exists():
+        return "local directory"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    return "in the hub cache" if isinstance(cached, str) else "not downloaded (needs the network once)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

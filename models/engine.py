@@ -1,0 +1,339 @@
+"""The engine: one loaded model behind transformers' continuous batching, with our priority
+scheduler, a paged prefix KV cache, stop rules, cancellation, streaming and per-request stats.
+
+    Engine.submit -> ContinuousBatchingManager (background thread: schedule -> forward -> sample)
+                  -> Engine._route_outputs (router thread) -> RequestHandle.stream() / .result()
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+from models.loading import LoadedModel
+from models.scheduling import SCHEDULER_NAME, PriorityScheduler, request_id_for
+from models.spec import Role
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop_token", "stop_string", "length", "cancelled", "error"]
+
+
+class PromptTooLongError(ValueError):
+    """The prompt plus max_new_tokens does not fit the model's context; shorten the prompt budget."""
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was shut down or its generation loop died; restart the daemon."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # 16-token pages: a keystroke invalidates the KV from the edit onwards, and the cache is shared
+    # by whole pages, so at most page_size - 1 unchanged tokens are recomputed per request.
+    page_size: int = 16
+    # KV capacity in tokens (~24 KB per token for the 0.5B model in fp32: 16k tokens is ~400 MB).
+    cache_tokens: int = 16384
+    # Prefill chunk: bounds how long a long chat prompt can hold back a keystroke's request.
+    max_batch_tokens: int = 512
+    max_requests_per_batch: int = 16
+    prefix_cache: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    role: Role = Role.SINGLE_LINE
+    max_new_tokens: int = 64
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float | None = None
+    decode_tok_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+    stats: GenerationStats
+    error: str | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+
+@dataclass
+class _Progress:
+    """What the router has seen of one request so far."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+
+class RequestHandle:
+    """A submitted request: stream its text, wait for its result, or cancel it."""
+
+    def __init__(self, engine: Engine, request_id: str, request: GenerationRequest):
+        self.request_id = request_id
+        self.request = request
+        self._engine = engine
+        self._deltas: queue.Queue[str | None] = queue.Queue()
+        self._done = threading.Event()
+        self._result: GenerationResult | None = None
+        self.submitted_at = time.perf_counter()
+        self.progress = _Progress()
+
+    def stream(self) -> Iterator[str]:
+        """Yield text as it is generated; ends when the request finishes for any reason."""
+        while (delta := self._deltas.get()) is not None:
+            yield delta
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish in {timeout} s")
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        self._engine.cancel(self.request_id)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _push(self, delta: str) -> None:
+        if delta:
+            self._deltas.put(delta)
+
+    def _finish(self, result: GenerationResult) -> None:
+        self._result = result
+        self._done.set()
+        self._deltas.put(None)
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig = EngineConfig()):
+        self.loaded = loaded
+        self.config = config
+        self.tokenizer = loaded.tokenizer
+        self._serial = itertools.count()
+        self._handles: dict[str, RequestHandle] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.manager = loaded.model.init_continuous_batching(
+            generation_config=GenerationConfig(do_sample=False, max_new_tokens=64, eos_token_id=-1),
+            continuous_batching_config=ContinuousBatchingConfig(
+                page_size=config.page_size,
+                num_blocks=max(1, config.cache_tokens // config.page_size),
+                max_batch_tokens=config.max_batch_tokens,
+                max_requests_per_batch=config.max_requests_per_batch,
+                allow_block_sharing=config.prefix_cache,
+                scheduler_type=SCHEDULER_NAME,
+                return_logprobs=True,
+                use_cuda_graph=False,
+            ),
+        )
+        # The manager's loop thread copies the caller's inference mode; start it inside one.
+        with torch.inference_mode():
+            self.manager.start()
+        self._router = threading.Thread(target=self._route_outputs, name="fimble-router", daemon=True)
+        self._router.start()
+
+    # --- public API -------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        if self._closed or not self.manager.is_running():
+            raise EngineClosedError("the engine is not running; restart it (fimble daemon stop, then retry)")
+        if not request.prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(request.prompt_ids) + request.max_new_tokens > self.loaded.spec.context_length:
+            raise PromptTooLongError(
+                f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens exceeds the "
+                f"context length {self.loaded.spec.context_length}"
+            )
+        request_id = request_id_for(int(request.role), next(self._serial))
+        handle = RequestHandle(self, request_id, request)
+        with self._lock:
+            self._handles[request_id] = handle
+        self.manager.add_request(
+            list(request.prompt_ids),
+            request_id=request_id,
+            max_new_tokens=request.max_new_tokens,
+            streaming=True,
+            eos_token_id=list(request.stop_token_ids) or -1,
+        )
+        return handle
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return self.submit(request).result()
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request now: the caller gets its result at once, and the scheduler frees its blocks
+        before the next forward pass."""
+        self.manager.cancel_request(request_id)
+        self._finish(request_id, "cancelled")
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is queued or running, cancelled ones included."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            scheduler = self.scheduler
+            busy_scheduler = scheduler is not None and (scheduler.has_pending_requests() or scheduler._requests_to_cancel)
+            queued = not (self.manager.input_queue.empty() and self.manager.cancel_queue.empty())
+            if not (self._handles or busy_scheduler or queued):
+                return True
+            time.sleep(0.005)
+        return False
+
+    @property
+    def scheduler(self) -> PriorityScheduler | None:
+        processor = self.manager.batch_processor
+        return processor.scheduler if processor is not None else None
+
+    def cache_usage(self) -> dict[str, int]:
+        processor = self.manager.batch_processor
+        if processor is None:
+            return {}
+        cache = processor.cache
+        ledgers = [a.ledger for a in cache.cache_allocators.values()]
+        return {
+            "blocks_total": cache.num_blocks,
+            "blocks_free": sum(cache.pool.count_free_blocks(a.index) for a in cache.cache_allocators.values()),
+            "blocks_cached": sum(len(ledger.cached_blocks) for ledger in ledgers),
+            "page_size": self.config.page_size,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for request_id in list(self._handles):
+            self.cancel(request_id)
+        self.manager.stop(block=True, timeout=30)
+        self._router.join(timeout=5)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- output routing (router thread) ----------------------------------------------------------
+
+    def _route_outputs(self) -> None:
+        while not self._closed:
+            output = self.manager.get_result(timeout=0.05)
+            if output is None:
+                if not self.manager.is_running() and not self._closed:
+                    self._fail_all("the generation loop stopped unexpectedly")
+                    return
+                continue
+            with self._lock:
+                handle = self._handles.get(output.request_id)
+            if handle is not None:
+                self._on_output(handle, output)
+
+    def _on_output(self, handle: RequestHandle, output) -> None:
+        now = time.perf_counter()
+        progress = handle.progress
+        if output.error is not None:
+            self._finish(handle.request_id, "error", error=str(output.error))
+            return
+        new_ids = output.generated_tokens[len(progress.token_ids) :]
+        if new_ids:
+            progress.first_token_at = progress.first_token_at or now
+            progress.last_token_at = now
+        progress.token_ids = list(output.generated_tokens)
+        progress.logprobs = list(output.logprobs)
+        stop_token_ids = handle.request.stop_token_ids
+        visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
+        text = _decode_stable(self.tokenizer, visible_ids)
+        stop_at = _first_stop(text, handle.request.stop_strings)
+        if stop_at is not None:
+            handle._push(text[len(progress.text) : stop_at] if stop_at > len(progress.text) else "")
+            progress.text = text[:stop_at]
+            self.manager.cancel_request(handle.request_id)
+            self._finish(handle.request_id, "stop_string")
+            return
+        handle._push(text[len(progress.text) :])
+        progress.text = text
+        if output.is_finished():
+            reason: FinishReason = "stop_token" if progress.token_ids and progress.token_ids[-1] in stop_token_ids else "length"
+            final_text = _decode_stable(self.tokenizer, visible_ids, final=True)
+            handle._push(final_text[len(progress.text) :])  # a held-back partial character, if any
+            progress.text = final_text
+            self._finish(handle.request_id, reason)
+
+    def _finish(self, request_id: str, reason: FinishReason, error: str | None = None) -> None:
+        with self._lock:
+            handle = self._handles.pop(request_id, None)
+        if handle is None:
+            return
+        scheduler = self.scheduler
+        cached = scheduler.cached_tokens.pop(request_id, 0) if scheduler is not None else 0
+        handle._finish(GenerationResult(
+            text=handle.progress.text,
+            token_ids=handle.progress.token_ids,
+            logprobs=handle.progress.logprobs,
+            finish_reason=reason,
+            stats=_stats(handle, cached),
+            error=error,
+        ))
+
+    def _fail_all(self, message: str) -> None:
+        log.error("engine failure: %s", message)
+        for request_id in list(self._handles):
+            self._finish(request_id, "error", error=message)
+
+
+def _stats(handle: RequestHandle, cached_tokens: int) -> GenerationStats:
+    p = handle.progress
+    generated = len(p.token_ids)
+    decode_tok_s = None
+    if generated > 1 and p.first_token_at and p.last_token_at and p.last_token_at > p.first_token_at:
+        decode_tok_s = (generated - 1) / (p.last_token_at - p.first_token_at)
+    return GenerationStats(
+        prompt_tokens=len(handle.request.prompt_ids),
+        cached_tokens=cached_tokens,
+        generated_tokens=generated,
+        ttft_s=(p.first_token_at - handle.submitted_at) if p.first_token_at else None,
+        decode_tok_s=decode_tok_s,
+        total_s=time.perf_counter() - handle.submitted_at,
+    )
+
+
+def _decode_stable(tokenizer, token_ids: list[int], final: bool = False) -> str:
+    """Decode, holding back a trailing partial UTF-8 character until its remaining bytes arrive."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=False)
+    if not final:
+        text = text.rstrip("\ufffd")
+    return text
+
+
+def _first_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:
+    positions = [i for s in stop_strings if (i := text.find(s)) >= 0]
+    return min(positions) if positions else None
+

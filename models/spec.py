@@ -1,0 +1,64 @@
+"""What to load and how: `ModelSpec`, and the roles that map request kinds to specs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Literal
+
+Quantization = Literal["none", "int8-dynamic", "bnb-int8", "bnb-nf4"]
+Attention = Literal["sdpa", "flash_attention_2"]
+Device = Literal["auto", "cpu", "cuda"]
+
+EMBEDDED = "embedded"
+
+
+class Role(IntEnum):
+    """Request kinds. The value is the scheduling priority: lower runs first."""
+
+    SINGLE_LINE = 0
+    MULTI_LINE = 1
+    CHAT = 2
+
+    @property
+    def config_name(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides which weights are loaded and how they run.
+
+    Two roles with equal specs share one loaded model and one KV cache, so the spec is frozen
+    and hashable.
+    """
+
+    # "embedded", a hub id such as "Qwen/Qwen2.5-Coder-1.5B", a local directory, or an
+    # OpenAI-compatible base URL (served by the openai backend, not loaded here).
+    source: str = EMBEDDED
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # None picks the device's default: int8-dynamic on CPU, none (bf16) on GPU.
+    quantization: Quantization | None = None
+    attention: Attention = "sdpa"
+    device: Device = "auto"
+    context_length: int = 4096
+    # CPU threads for torch; 0 keeps the measured default (see loading.default_threads).
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.context_length < 64:
+            raise ValueError(f"context_length must be at least 64, got {self.context_length}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    """Which spec serves each role. By default all three share the embedded model."""
+
+    single_line: ModelSpec = field(default_factory=ModelSpec)
+    multi_line: ModelSpec = field(default_factory=ModelSpec)
+    chat: ModelSpec = field(default_factory=ModelSpec)
+
+    def spec_for(self, role: Role) -> ModelSpec:
+        return getattr(self, role.config_name)

@@ -1,0 +1,73 @@
+"""The FIM prompt: cursor splitting, budgets, and a prefix window that stays put while typing."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from completion.fim import Cursor, FimBudget, build_fim_prompt, first_line, prefix_window_start, split_at_cursor, suffix_window
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint):
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def test_split_at_cursor_counts_characters_not_bytes():
+    text = "naïve = 'café'\nprint(naïve)\n"
+    assert split_at_cursor(text, Cursor(0, 7)) == ("naïve =", " 'café'\nprint(naïve)\n")
+    assert split_at_cursor(text, Cursor(1, 6)) == ("naïve = 'café'\nprint(", "naïve)\n")
+    assert split_at_cursor(text, Cursor(2, 0)) == (text, "")
+
+
+@pytest.mark.parametrize("cursor, message", [(Cursor(5, 0), "past the end of the file"), (Cursor(0, 40), "past the end of line 1"), (Cursor(-1, 0), "negative")])
+def test_a_cursor_outside_the_file_is_a_clear_error(cursor, message):
+    with pytest.raises(ValueError, match=message):
+        split_at_cursor("x = 1\ny = 2\n", cursor)
+
+
+def test_prompt_layout_is_psm_with_special_tokens(tokenizer):
+    text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+    prompt = build_fim_prompt(text, Cursor(1, 11), tokenizer)
+    assert prompt.text == "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>"
+    fim_ids = tokenizer.convert_tokens_to_ids(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"])
+    assert prompt.token_ids[0] == fim_ids[0] and prompt.token_ids[-1] == fim_ids[2]
+    assert fim_ids[1] in prompt.token_ids
+
+
+def test_budgets_trim_at_line_boundaries(tokenizer):
+    lines = [f"value_{i} = compute({i})\n" for i in range(300)]
+    text = "".join(lines)
+    budget = FimBudget(prefix_tokens=200, suffix_tokens=40, window_step_lines=8)
+    prompt = build_fim_prompt(text, Cursor(150, 0), tokenizer, budget)
+    assert len(tokenizer.encode(prompt.prefix)) <= 200
+    assert len(tokenizer.encode(prompt.suffix)) <= 40
+    assert prompt.prefix.startswith("value_") and prompt.prefix.endswith("\n")
+    assert prompt.suffix.startswith("value_150") and prompt.suffix.endswith("\n")
+
+
+def test_the_prefix_window_stays_put_while_typing(tokenizer):
+    text = "".join(f"item_{i} = [{i}, {i + 1}]\n" for i in range(400))
+    budget = FimBudget(prefix_tokens=1200, window_step_lines=16)
+    # A step of 16 lines is ~320 tokens here: 60 keystrokes (~120 tokens) may cross one jump at most.
+    starts = [prefix_window_start(text[: len(text) // 2 + k], tokenizer, budget) for k in range(60)]
+    assert len(set(starts)) <= 2, "consecutive keystrokes kept moving the window and losing the prefix cache"
+    assert starts == sorted(starts)
+    assert prefix_window_start(text, tokenizer, budget) > starts[-1], "the window never moves forward"
+
+
+def test_one_huge_line_keeps_the_tail_within_budget(tokenizer):
+    prefix = "x = [" + ", ".join(str(i) for i in range(3000))
+    start = prefix_window_start(prefix, tokenizer, FimBudget(prefix_tokens=100))
+    assert 0 < start < len(prefix)
+    assert len(tokenizer.encode(prefix[start:])) <= 101
+
+
+def test_suffix_that_fits_is_kept_whole(tokenizer):
+    assert suffix_window("\nreturn x\n", tokenizer, FimBudget()) == "\nreturn x\n"
+
+
+def test_first_line():
+    assert first_line("a + b\n    next()") == "a + b"
+    assert first_line("a + b\r\n") == "a + b"
+    assert first_line("") == ""

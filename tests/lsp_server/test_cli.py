@@ -1,0 +1,68 @@
+"""The `fimble` command line, run as a user runs it: a subprocess with a config file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_fimble(args: list[str], config: Path | None, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FIMBLE_CACHE_DIR=str(tmp_path / "cache"))
+    env["FIMBLE_CONFIG"] = str(config or tmp_path / "absent.toml")
+    return subprocess.run(
+        [sys.executable, "-m", "lsp_server.cli", *args], capture_output=True, text=True, env=env, timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_checkpoint) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models.single_line]\nsource = "{tiny_checkpoint}"\nquantization = "none"\n')
+    return config
+
+
+def test_complete_prints_a_single_line(tmp_path, tiny_config):
+    source = tmp_path / "example.py"
+    source.write_text("def add(a, b):\n    return \n")
+    done = run_fimble(["complete", str(source), "--line", "2", "--col", "12", "--stats"], tiny_config, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1  # exactly one line of completion
+    assert "prompt" in done.stderr and "tokens" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "content, line, col, message",
+    [
+        (b"\x00\x01binary\x00", 1, 1, "looks binary"),
+        (b"caf\xe9 = 1\n", 1, 1, "is not UTF-8"),
+        (b"x = 1\n", 9, 1, "past the end of the file"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, tiny_config, content, line, col, message):
+    source = tmp_path / "input.py"
+    source.write_bytes(content)
+    done = run_fimble(["complete", str(source), "--line", str(line), "--col", str(col)], tiny_config, tmp_path)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_models_lists_roles_and_state(tmp_path, tiny_config):
+    done = run_fimble(["models"], tiny_config, tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("single_line") and "local directory" in line for line in lines)
+    assert any(line.startswith("chat") and "embedded" in line and "not converted yet" in line for line in lines)
+
+
+def test_a_bad_config_names_the_key(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[models.chat]\nquantization = "int4"\n')
+    done = run_fimble(["models"], config, tmp_path)
+    assert done.returncode == 1
+    assert "[models.chat]: quantization = 'int4' is not one of" in done.stderr

@@ -1,0 +1,81 @@
+"""The embedded model: integrity checks, atomic conversion, and one real completion."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from models.embedded import (
+    COMPLETE_MARKER,
+    EmbeddedModelError,
+    GgufParts,
+    checkpoint_dir,
+    ensure_embedded_checkpoint,
+    find_gguf_parts,
+    is_complete_checkpoint,
+    verify_parts,
+)
+
+
+def write_parts(tmp_path: Path, chunks: list[bytes]) -> GgufParts:
+    paths = []
+    for i, chunk in enumerate(chunks):
+        path = tmp_path / f"part{i}.bin"
+        path.write_bytes(chunk)
+        paths.append(path)
+    return GgufParts(tuple(paths))
+
+
+def test_the_installed_parts_are_found_in_order():
+    parts = find_gguf_parts()
+    assert [p.name for p in parts.paths] == [f"part0{i}.bin" for i in range(1, 7)]
+    assert parts.total_size == 491_400_064
+
+
+def test_a_hash_mismatch_is_refused(tmp_path):
+    parts = write_parts(tmp_path, [b"GGUF" + b"a" * 100, b"b" * 50])
+    good = hashlib.sha256(b"GGUF" + b"a" * 100 + b"b" * 50).hexdigest()
+    verify_parts(parts, expected_size=154, expected_sha256=good)  # the right bytes pass
+    with pytest.raises(EmbeddedModelError, match="sha256"):
+        verify_parts(parts, expected_size=154, expected_sha256="0" * 64)
+    with pytest.raises(EmbeddedModelError, match="154 bytes, expected 155"):
+        verify_parts(parts, expected_size=155, expected_sha256=good)
+
+
+def test_damaged_parts_never_reach_the_cache(tmp_path):
+    parts = write_parts(tmp_path, [b"not a model"])
+    with pytest.raises(EmbeddedModelError):
+        ensure_embedded_checkpoint(tmp_path / "cache", progress=lambda m: None, parts=parts)
+    models_dir = tmp_path / "cache" / "models"
+    assert not models_dir.exists() or not any(models_dir.iterdir())
+
+
+def test_a_half_written_checkpoint_is_not_used(tmp_path):
+    cache = tmp_path / "cache"
+    half = checkpoint_dir(cache)
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}")  # as if a conversion died after the first file
+    assert not is_complete_checkpoint(half)
+    # Not taken as good: ensure_ tries to convert again, which here fails on the (fake) parts.
+    parts = write_parts(tmp_path, [b"x"])
+    with pytest.raises(EmbeddedModelError):
+        ensure_embedded_checkpoint(cache, progress=lambda m: None, parts=parts)
+    (half / COMPLETE_MARKER).write_text("done")
+    assert ensure_embedded_checkpoint(cache, progress=lambda m: None, parts=parts) == half
+
+
+@pytest.mark.slow
+def test_the_embedded_model_completes_the_fibonacci_body():
+    from completion.fim import Cursor
+    from completion.single_line import complete_single_line
+    from models.engine import Engine
+    from models.loading import load_model
+    from models.spec import ModelSpec
+
+    source = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return \n\n\nprint(fibonacci(10))\n'
+    with Engine(load_model(ModelSpec())) as engine:
+        completion = complete_single_line(engine, source, Cursor(line=4, column=11))
+    assert completion.text.replace(" ", "") == "fibonacci(n-1)+fibonacci(n-2)"
+    assert completion.result.stats.prompt_tokens > 20

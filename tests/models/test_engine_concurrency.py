@@ -1,0 +1,95 @@
+"""Several requests at once: each gets its own answer, cancels and priorities behave."""
+
+from __future__ import annotations
+
+import threading
+
+from models.engine import GenerationRequest
+from models.spec import Role
+from tests.models.test_engine_exactness import prompt_of, reference_greedy
+
+
+def test_concurrent_requests_each_get_their_own_answer_and_a_cancel_harms_none(make_engine, tiny_loaded):
+    engine = make_engine(page_size=16)
+    prompts = [prompt_of(30 + 7 * i, offset=i) for i in range(6)]
+    victim = engine.submit(GenerationRequest(prompt_of(40, offset=99), max_new_tokens=400, role=Role.CHAT))
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        results[i] = engine.generate(GenerationRequest(prompts[i], max_new_tokens=12))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    victim.cancel()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert victim.result(timeout=10).finish_reason == "cancelled"
+    assert len(victim.result().token_ids) < 400
+    for i, prompt in enumerate(prompts):
+        tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 12)
+        assert results[i].token_ids == tokens, f"request {i} got another request's tokens"
+        assert results[i].finish_reason == "length"
+
+
+def test_single_line_goes_before_chat(make_engine):
+    # One request per forward pass makes the order of service visible.
+    engine = make_engine(page_size=16, max_requests_per_batch=1)
+    chat = engine.submit(GenerationRequest(prompt_of(60), max_new_tokens=300, role=Role.CHAT))
+    next(chat.stream())  # the chat is decoding
+    single = engine.submit(GenerationRequest(prompt_of(20, offset=5), max_new_tokens=5, role=Role.SINGLE_LINE))
+    single.result(timeout=30)
+    assert not chat.done, "the chat request finished before the single-line one was served"
+    chat.cancel()
+
+
+def test_stop_token_and_stop_string(make_engine, tiny_loaded):
+    engine = make_engine(page_size=16)
+    prompt = prompt_of(33, offset=8)
+    tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 10)
+    stop_at_token = engine.generate(GenerationRequest(prompt, max_new_tokens=10, stop_token_ids=(tokens[3],)))
+    first = tokens.index(tokens[3])
+    assert stop_at_token.finish_reason == "stop_token"
+    assert stop_at_token.token_ids == tokens[: first + 1]
+
+    full_text = engine.tokenizer.decode(tokens)
+    stop_string = full_text[len(full_text) // 2 : len(full_text) // 2 + 2]
+    stopped = engine.generate(GenerationRequest(prompt, max_new_tokens=10, stop_strings=(stop_string,)))
+    assert stopped.finish_reason == "stop_string"
+    assert stopped.text == full_text[: full_text.index(stop_string)]
+
+
+def test_streaming_deltas_add_up_to_the_text(make_engine):
+    engine = make_engine(page_size=16)
+    handle = engine.submit(GenerationRequest(prompt_of(25, offset=6), max_new_tokens=15))
+    deltas = list(handle.stream())
+    result = handle.result(timeout=30)
+    assert len(deltas) > 1
+    assert "".join(deltas) == result.text
+    assert result.stats.ttft_s is not None and result.stats.ttft_s > 0
+    assert result.stats.generated_tokens == 15
+
+
+def test_lru_eviction_keeps_recent_prefixes(make_engine):
+    # 20 pages in all, 10% safety margin: a fourth prompt forces eviction of the oldest cached pages.
+    engine = make_engine(page_size=16, cache_tokens=20 * 16, max_batch_tokens=512)
+    a, b, c = (prompt_of(64, offset=o) for o in (10, 20, 30))
+    for prompt in (a, b, c):
+        engine.generate(GenerationRequest(prompt, max_new_tokens=2))
+    engine.generate(GenerationRequest(prompt_of(120, offset=40), max_new_tokens=2))
+    assert engine.scheduler.evicted_blocks > 0
+    c_again = engine.generate(GenerationRequest(c, max_new_tokens=2))
+    a_again = engine.generate(GenerationRequest(a, max_new_tokens=2))
+    assert c_again.stats.cached_tokens == 48, "the most recent prefix should have survived"
+    assert a_again.stats.cached_tokens == 0, "the least recently used prefix should have gone first"
+
+
+def test_prompt_too_long_is_refused(make_engine):
+    engine = make_engine()
+    try:
+        engine.submit(GenerationRequest(prompt_of(2040), max_new_tokens=64))
+    except ValueError as error:
+        assert "context length 2048" in str(error)
+    else:
+        raise AssertionError("a prompt over the context length was accepted")

@@ -1,0 +1,110 @@
+"""Cached and uncached logits must match: the engine's prefix cache against the plain model."""
+
+from __future__ import annotations
+
+import torch
+
+from models.engine import GenerationRequest
+from models.spec import Role
+
+ATOL = 1e-4
+PAGE = 16
+
+
+def reference_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[float], torch.Tensor]:
+    """Greedy decoding by recomputing the whole sequence every step: no cache of any kind.
+    Returns tokens, their logprobs, and the logits of the prompt's last token."""
+    ids = list(prompt)
+    logprobs = []
+    first_logits = None
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+            first_logits = logits if first_logits is None else first_logits
+            token = int(logits.argmax())
+            logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+            ids.append(token)
+    return ids[len(prompt) :], logprobs, first_logits
+
+
+def capture_first_logits(engine, request: GenerationRequest) -> tuple[torch.Tensor, object]:
+    """Run one request alone and return the logits the engine computed for its first new token."""
+    seen: list[torch.Tensor] = []
+    head = engine.loaded.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(out[0, 0].detach().float().clone()))
+    try:
+        result = engine.generate(request)
+    finally:
+        hook.remove()
+    return seen[0], result
+
+
+def prompt_of(length: int, offset: int = 0) -> list[int]:
+    return [(7 * i + offset) % 300 + 5 for i in range(length)]
+
+
+def test_cache_hit_matches_uncached_logits_and_tokens(make_engine, tiny_loaded):
+    engine = make_engine(page_size=PAGE)
+    base = prompt_of(80)
+    engine.generate(GenerationRequest(base + [11], max_new_tokens=4))  # warms the cache with base's pages
+    prompt = base + [12, 13]
+    logits, result = capture_first_logits(engine, GenerationRequest(prompt, max_new_tokens=12))
+    tokens, logprobs, ref_logits = reference_greedy(tiny_loaded.model, prompt, 12)
+    assert result.stats.cached_tokens == 80  # five whole pages of the shared prefix
+    assert result.token_ids == tokens
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(torch.tensor(result.logprobs), torch.tensor(logprobs), atol=ATOL, rtol=0)
+
+
+def test_fully_cached_prompt_of_exact_page_multiple(make_engine, tiny_loaded):
+    """nano-vllm #144: a prompt whose pages are all cached and whose length is a page multiple left
+    nothing to prefill. The engine must recompute the last page and give the same logits."""
+    engine = make_engine(page_size=PAGE)
+    prompt = prompt_of(4 * PAGE, offset=3)
+    first = engine.generate(GenerationRequest(prompt, max_new_tokens=6))
+    logits, second = capture_first_logits(engine, GenerationRequest(prompt, max_new_tokens=6))
+    tokens, _, ref_logits = reference_greedy(tiny_loaded.model, prompt, 6)
+    assert first.stats.cached_tokens == 0
+    assert second.stats.cached_tokens == 3 * PAGE
+    assert first.token_ids == second.token_ids == tokens
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+
+
+def test_two_requests_sharing_a_prefix_in_one_batch(make_engine, tiny_loaded):
+    engine = make_engine(page_size=PAGE)
+    shared = prompt_of(3 * PAGE + 5, offset=1)
+    prompts = [shared + [20, 21, 22], shared + [30, 31]]
+    handles = [engine.submit(GenerationRequest(p, max_new_tokens=10)) for p in prompts]
+    results = [h.result(timeout=60) for h in handles]
+    for prompt, result in zip(prompts, results):
+        tokens, logprobs, _ = reference_greedy(tiny_loaded.model, prompt, 10)
+        assert result.token_ids == tokens
+        torch.testing.assert_close(torch.tensor(result.logprobs), torch.tensor(logprobs), atol=ATOL, rtol=0)
+
+
+def test_cancelled_request_blocks_are_reused(make_engine, tiny_loaded):
+    # 12 pages in all: a leaked block would starve the later requests.
+    engine = make_engine(page_size=PAGE, cache_tokens=12 * PAGE, max_batch_tokens=256)
+    prompt = prompt_of(5 * PAGE + 3, offset=2)
+    for _ in range(4):
+        handle = engine.submit(GenerationRequest(prompt, max_new_tokens=3 * PAGE, role=Role.CHAT))
+        for _ in handle.stream():
+            handle.cancel()  # after the first token
+        assert handle.result(timeout=30).finish_reason == "cancelled"
+    assert engine.wait_idle()
+    follow_up = prompt + [40, 41]
+    logits, result = capture_first_logits(engine, GenerationRequest(follow_up, max_new_tokens=8))
+    tokens, _, ref_logits = reference_greedy(tiny_loaded.model, follow_up, 8)
+    assert result.stats.cached_tokens == 5 * PAGE  # the cancelled request's pages, reused
+    assert result.token_ids == tokens
+    torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+
+
+def test_cache_off_gives_the_same_answer(make_engine, tiny_loaded):
+    engine = make_engine(page_size=PAGE, prefix_cache=False)
+    prompt = prompt_of(50, offset=4)
+    first = engine.generate(GenerationRequest(prompt, max_new_tokens=8))
+    second = engine.generate(GenerationRequest(prompt, max_new_tokens=8))
+    tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 8)
+    assert first.token_ids == second.token_ids == tokens
+    assert second.stats.cached_tokens == 0
