@@ -24,13 +24,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from completion.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, QWEN_CODER_STOP_IDS, FimBudget, prefix_window_start, suffix_window  # noqa: E402
-from models.embedded import EMBEDDED_MODEL_NAME, concatenate_parts, find_gguf_parts  # noqa: E402
+from models.embedded import EMBEDDED_MODEL_NAME, concatenate_parts, ensure_embedded_checkpoint, find_gguf_parts  # noqa: E402
 from models.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
-from models.loading import default_threads, load_model  # noqa: E402
+from models.loading import default_threads  # noqa: E402
+from models.pool import start_engine  # noqa: E402
 from models.spec import ModelSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,16 +132,17 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = ModelSpec(threads=args.threads)
-    loaded = load_model(spec)
     budget = FimBudget()
     source = typed_file()
-    prompts = keystroke_prompts(source.read_text(), args.start_line, args.keystrokes, loaded.tokenizer, budget)
-    prompt_ids = [loaded.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_checkpoint())
+    prompts = keystroke_prompts(source.read_text(), args.start_line, args.keystrokes, tokenizer, budget)
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     print(f"{len(prompt_ids)} keystrokes in {source}, {args.threads} threads", flush=True)
 
     engine_rows = {}
     for label, prefix_cache in (("cold", False), ("warm", True)):
-        with Engine(loaded, EngineConfig(prefix_cache=prefix_cache)) as engine:
+        with start_engine(spec, EngineConfig(prefix_cache=prefix_cache)) as engine:
+            loaded = engine.loaded
             engine.generate(GenerationRequest(prompt_ids[0][:64], max_new_tokens=2))  # one-time warm-up of kernels
             engine_rows[label] = replay_engine(engine, prompt_ids)
             if prefix_cache:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal
 
-Quantization = Literal["none", "int8-dynamic", "bnb-int8", "bnb-nf4"]
+Quantization = Literal["none", "int8-weight-only", "int8-dynamic", "bnb-int8", "bnb-nf4"]
 Attention = Literal["sdpa", "flash_attention_2"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -37,7 +37,7 @@ class ModelSpec:
     # OpenAI-compatible base URL (served by the openai backend, not loaded here).
     source: str = EMBEDDED
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # None picks the device's default: int8-dynamic on CPU, none (bf16) on GPU.
+    # None picks the device's default: int8-weight-only on CPU, none (bf16) on GPU.
     quantization: Quantization | None = None
     attention: Attention = "sdpa"
     device: Device = "auto"

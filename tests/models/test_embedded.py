@@ -70,12 +70,11 @@ def test_a_half_written_checkpoint_is_not_used(tmp_path):
 def test_the_embedded_model_completes_the_fibonacci_body():
     from completion.fim import Cursor
     from completion.single_line import complete_single_line
-    from models.engine import Engine
-    from models.loading import load_model
+    from models.pool import start_engine
     from models.spec import ModelSpec
 
     source = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return \n\n\nprint(fibonacci(10))\n'
-    with Engine(load_model(ModelSpec())) as engine:
+    with start_engine(ModelSpec()) as engine:
         completion = complete_single_line(engine, source, Cursor(line=4, column=11))
     assert completion.text.replace(" ", "") == "fibonacci(n-1)+fibonacci(n-2)"
     assert completion.result.stats.prompt_tokens > 20
