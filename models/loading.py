@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
 from models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint
 from models.spec import EMBEDDED, ModelSpec, Quantization
 
@@ -88,8 +89,8 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str]:
 def torch_dtype(spec: ModelSpec, device: torch.device, quantization: Quantization) -> torch.dtype:
     if spec.dtype != "auto":
         return getattr(torch, spec.dtype)
-    # Dynamic int8 quantizes fp32 Linear layers and keeps fp32 around them; everything else runs in
-    # bf16 (AVX-512 BF16 on current x86 CPUs).
+    # Dynamic int8 quantizes fp32 Linear layers and keeps fp32 around them; the rest runs in bf16
+    # (AVX-512 BF16 on current x86 CPUs), with attention in fp32 on CPU (see cpu_attention).
     return torch.float32 if quantization in ("int8-dynamic", "none") and device.type == "cpu" else torch.bfloat16
 
 
@@ -134,8 +135,8 @@ def quantize_int8_dynamic(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def quantize_int8_weight_only(model: PreTrainedModel) -> PreTrainedModel:
-    """The CPU default: every Linear keeps int8 weights with one scale per output channel, and bf16
-    activations (gpt-fast's int8 weight-only scheme). The model itself runs in bf16.
+    """The CPU default: every Linear keeps int8 weights with one scale per output channel and
+    multiplies in bf16 (gpt-fast's int8 weight-only scheme); the model runs in bf16.
 
     Decode (one token) reads the int8 weights through torch's `_weight_int8pack_mm` kernel: half the
     bytes of bf16, and memory bandwidth is what bounds decode. That kernel is slow for many rows
@@ -161,13 +162,15 @@ class Int8WeightOnlyLinear(torch.nn.Module):
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
         x = x.to(torch.bfloat16)
-        rows = x.numel() // x.shape[-1]
-        if rows == 1:
+        if x.numel() == x.shape[-1]:  # one row: decode
             out = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1), self.weight_int8, self.scales)
             out = out.reshape(*x.shape[:-1], -1)
-            return out if self.bias is None else out + self.bias
-        return torch.nn.functional.linear(x, self.weight_bf16, self.bias)
+            out = out if self.bias is None else out + self.bias
+        else:
+            out = torch.nn.functional.linear(x, self.weight_bf16, self.bias)
+        return out.to(dtype)
 
 
 def _bnb_config(quantization: Quantization):

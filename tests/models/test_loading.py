@@ -1,0 +1,74 @@
+"""Loading: quantization, attention choice and clear errors, on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.cpu_attention import sdpa_fp32_on_cpu
+from models.loading import Int8WeightOnlyLinear, ModelLoadError, load_model, resolve_attention
+from models.spec import ModelSpec
+
+
+def test_int8_weight_only_linear_decode_and_prefill_paths_agree():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    quantized = Int8WeightOnlyLinear(linear)
+    dequantized = quantized.weight_int8.float() * quantized.scales.float()[:, None]
+    assert (dequantized - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step, rounded
+    rows = torch.randn(1, 5, 64)
+    one_at_a_time = torch.cat([quantized(rows[:, i : i + 1]) for i in range(5)], dim=1)  # decode kernel
+    all_at_once = quantized(rows)  # prefill path
+    expected = torch.nn.functional.linear(rows, dequantized, linear.bias)
+    torch.testing.assert_close(one_at_a_time.float(), expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(all_at_once.float(), expected, atol=0.05, rtol=0.02)
+    assert one_at_a_time.dtype == rows.dtype
+
+
+def test_cpu_attention_runs_bf16_in_fp32():
+    class Attention(torch.nn.Module):
+        num_key_value_groups = 2
+        is_causal = True
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    out, _ = sdpa_fp32_on_cpu(Attention(), q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.transpose(1, 2), atol=0.03, rtol=0.02)
+
+
+def test_int8_weight_only_is_the_cpu_default(tiny_checkpoint):
+    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), device="cpu"))
+    assert loaded.quantization == "int8-weight-only"
+    linears = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [], "every Linear, the output head included, should be quantized"
+    assert sum(isinstance(m, Int8WeightOnlyLinear) for m in loaded.model.modules()) == 2 * 7 + 1
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([[5, 6, 7, 8]])).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (ModelSpec(quantization="bnb-nf4", device="cpu"), "needs a GPU"),
+        (ModelSpec(device="cuda"), "torch sees no GPU"),
+        (ModelSpec(source="http://localhost:8000/v1"), "OpenAI-compatible server"),
+    ],
+)
+def test_impossible_specs_are_refused_with_a_reason(spec, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(spec)
+
+
+def test_a_directory_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(ModelSpec(source=str(tmp_path)))
+
+
+def test_flash_attention_falls_back_to_sdpa_without_the_package():
+    import importlib.util
+
+    assert importlib.util.find_spec("flash_attn") is None  # CPU machines never have it
+    assert resolve_attention(ModelSpec(attention="flash_attention_2")) == "sdpa"
