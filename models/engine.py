@@ -143,7 +143,14 @@ class Engine:
         self._handles: dict[str, RequestHandle] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self.manager = loaded.model.init_continuous_batching(
+        self.restarts = 0
+        self.manager = self._start_manager()
+        self._router = threading.Thread(target=self._route_outputs, name="fimble-router", daemon=True)
+        self._router.start()
+
+    def _start_manager(self):
+        config = self.config
+        manager = self.loaded.model.init_continuous_batching(
             generation_config=GenerationConfig(do_sample=False, max_new_tokens=64, eos_token_id=-1),
             continuous_batching_config=ContinuousBatchingConfig(
                 page_size=config.page_size,
@@ -158,15 +165,25 @@ class Engine:
         )
         # The manager's loop thread copies the caller's inference mode; start it inside one.
         with torch.inference_mode():
-            self.manager.start()
-        self._router = threading.Thread(target=self._route_outputs, name="fimble-router", daemon=True)
-        self._router.start()
+            manager.start()
+        return manager
+
+    def _ensure_running(self) -> None:
+        """An error inside a forward pass (out of memory, say) ends transformers' generation loop and
+        fails the requests in flight. The engine itself recovers: the next request starts a fresh
+        loop, with an empty cache."""
+        if self._closed:
+            raise EngineClosedError("the engine was shut down")
+        with self._lock:
+            if not self.manager.is_running():
+                log.warning("the generation loop had stopped (%s); starting a new one", self.manager.background_thread_status.fatal_error)
+                self.manager = self._start_manager()
+                self.restarts += 1
 
     # --- public API -------------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
-        if self._closed or not self.manager.is_running():
-            raise EngineClosedError("the engine is not running; restart it (fimble daemon stop, then retry)")
+        self._ensure_running()
         if not request.prompt_ids:
             raise ValueError("the prompt is empty")
         if len(request.prompt_ids) + request.max_new_tokens > self.loaded.spec.context_length:
@@ -245,11 +262,11 @@ class Engine:
 
     def _route_outputs(self) -> None:
         while not self._closed:
-            output = self.manager.get_result(timeout=0.05)
+            manager = self.manager
+            output = manager.get_result(timeout=0.05)
             if output is None:
-                if not self.manager.is_running() and not self._closed:
-                    self._fail_all("the generation loop stopped unexpectedly")
-                    return
+                if not manager.is_running() and manager is self.manager and self._handles and not self._closed:
+                    self._fail_all(f"the generation loop stopped: {manager.background_thread_status.fatal_error}")
                 continue
             with self._lock:
                 handle = self._handles.get(output.request_id)

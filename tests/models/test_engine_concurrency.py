@@ -93,3 +93,25 @@ def test_prompt_too_long_is_refused(make_engine):
         assert "context length 2048" in str(error)
     else:
         raise AssertionError("a prompt over the context length was accepted")
+
+
+def test_an_error_in_the_forward_pass_fails_the_request_and_the_engine_recovers(make_engine, tiny_loaded):
+    engine = make_engine(page_size=16)
+    prompt = prompt_of(30, offset=11)
+
+    def out_of_memory(module, args):
+        raise RuntimeError("simulated out of memory in the forward pass")
+
+    hook = tiny_loaded.model.get_output_embeddings().register_forward_pre_hook(out_of_memory)
+    try:
+        failed = engine.submit(GenerationRequest(prompt, max_new_tokens=5)).result(timeout=30)
+    finally:
+        hook.remove()
+    assert failed.finish_reason == "error"
+    assert "simulated out of memory" in failed.error
+
+    recovered = engine.generate(GenerationRequest(prompt, max_new_tokens=5))
+    tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 5)
+    assert recovered.finish_reason == "length"
+    assert recovered.token_ids == tokens
+    assert engine.restarts == 1
