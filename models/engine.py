@@ -230,16 +230,18 @@ class Engine:
         processor = self.manager.batch_processor
         return processor.scheduler if processor is not None else None
 
-    def cache_usage(self) -> dict[str, int]:
+    def cache_usage(self) -> dict[str, float]:
+        """The KV cache's size, how much of it is free, and how many pages are kept only for reuse."""
         processor = self.manager.batch_processor
         if processor is None:
             return {}
         cache = processor.cache
-        ledgers = [a.ledger for a in cache.cache_allocators.values()]
+        scheduler = self.scheduler
         return {
             "blocks_total": cache.num_blocks,
-            "blocks_free": sum(cache.pool.count_free_blocks(a.index) for a in cache.cache_allocators.values()),
-            "blocks_cached": sum(len(ledger.cached_blocks) for ledger in ledgers),
+            "free_fraction": cache.compute_free_capacity(),
+            "blocks_cached_for_reuse": sum(len(a.ledger.cached_blocks) for a in cache.cache_allocators.values()),
+            "blocks_evicted": scheduler.evicted_blocks if scheduler is not None else 0,
             "page_size": self.config.page_size,
         }
 

@@ -11,7 +11,7 @@ module plugs into the library's extension point (`SCHEDULER_MAPPING`) with a sch
 
 from __future__ import annotations
 
-from transformers.generation.continuous_batching.requests import FutureRequestState, RequestState, RequestStatus
+from transformers.generation.continuous_batching.requests import RequestState, RequestStatus
 from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING, Scheduler
 
 SCHEDULER_NAME = "fimble_priority"
@@ -110,5 +110,3 @@ class PriorityScheduler(Scheduler):
 
 
 SCHEDULER_MAPPING[SCHEDULER_NAME] = PriorityScheduler
-
-__all__ = ["FutureRequestState", "PriorityScheduler", "SCHEDULER_NAME", "priority_of", "request_id_for"]

@@ -78,7 +78,10 @@ def test_lru_eviction_keeps_recent_prefixes(make_engine):
     for prompt in (a, b, c):
         engine.generate(GenerationRequest(prompt, max_new_tokens=2))
     engine.generate(GenerationRequest(prompt_of(120, offset=40), max_new_tokens=2))
-    assert engine.scheduler.evicted_blocks > 0
+    usage = engine.cache_usage()
+    assert usage["blocks_evicted"] == engine.scheduler.evicted_blocks > 0
+    assert usage["free_fraction"] >= 0.1  # eviction restored the safety margin
+    assert 0 < usage["blocks_cached_for_reuse"] < usage["blocks_total"] == 20
     c_again = engine.generate(GenerationRequest(c, max_new_tokens=2))
     a_again = engine.generate(GenerationRequest(a, max_new_tokens=2))
     assert c_again.stats.cached_tokens == 48, "the most recent prefix should have survived"
