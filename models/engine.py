@@ -40,6 +40,8 @@ class EngineClosedError(RuntimeError):
 class EngineConfig:
     # 16-token pages: a keystroke invalidates the KV from the edit onwards, and the cache is shared
     # by whole pages, so at most page_size - 1 unchanged tokens are recomputed per request.
+    # benchmarks/page_size.py, warm keystroke TTFT p50: 0.59 s at 16, 0.77 s at 64, 0.96 s at 256
+    # (transformers' default).
     page_size: int = 16
     # KV capacity in tokens (~24 KB per token for the 0.5B model in fp32: 16k tokens is ~400 MB).
     cache_tokens: int = 16384
