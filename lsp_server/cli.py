@@ -90,10 +90,9 @@ def source_state(source: str) -> str:
         return "remote (openai backend)"
     if Path(source).expanduser().exists():
         return "local directory"
-    from huggingface_hub import try_to_load_from_cache
+    from models.loading import is_in_hub_cache
 
-    cached = try_to_load_from_cache(source, "config.json")
-    return "in the hub cache" if isinstance(cached, str) else "not downloaded (needs the network once)"
+    return "in the hub cache" if is_in_hub_cache(source) else "not downloaded (needs the network once)"
 
 
 if __name__ == "__main__":

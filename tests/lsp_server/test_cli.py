@@ -66,3 +66,32 @@ def test_a_bad_config_names_the_key(tmp_path):
     done = run_fimble(["models"], config, tmp_path)
     assert done.returncode == 1
     assert "[models.chat]: quantization = 'int4' is not one of" in done.stderr
+
+
+def hub_cache_with(tmp_path: Path, repo_id: str, checkpoint: Path) -> Path:
+    """Lay a checkpoint out the way huggingface_hub caches a downloaded repo."""
+    cache = tmp_path / "hub"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return cache
+
+
+def test_a_hub_id_in_the_hub_cache_loads_offline(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache_with(tmp_path, "fimble-test/tiny-qwen2", tiny_checkpoint)))
+    config = tmp_path / "config.toml"
+    config.write_text('[models.single_line]\nsource = "fimble-test/tiny-qwen2"\nquantization = "none"\n')
+    source = tmp_path / "example.py"
+    source.write_text("import os\n")
+
+    listed = run_fimble(["models"], config, tmp_path)
+    assert any(line.startswith("single_line") and "in the hub cache" in line for line in listed.stdout.splitlines())
+
+    done = run_fimble(["complete", str(source), "--line", "2", "--col", "1"], config, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "huggingface.co" not in done.stderr  # nothing was asked of the hub
