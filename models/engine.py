@@ -33,7 +33,7 @@ class PromptTooLongError(ValueError):
 
 
 class EngineClosedError(RuntimeError):
-    """The engine was shut down or its generation loop died; restart the daemon."""
+    """The engine was shut down; requests need a new one."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class EngineConfig:
     # benchmarks/page_size.py, warm keystroke TTFT p50: 0.59 s at 16, 0.77 s at 64, 0.96 s at 256
     # (transformers' default).
     page_size: int = 16
-    # KV capacity in tokens (~24 KB per token for the 0.5B model in fp32: 16k tokens is ~400 MB).
+    # KV capacity in tokens (the 0.5B model: 12 KB per token in bf16, 24 KB in fp32; 16k tokens in
+    # bf16 is ~200 MB).
     cache_tokens: int = 16384
     # Prefill chunk: bounds how long a long chat prompt can hold back a keystroke's request.
     max_batch_tokens: int = 512
@@ -290,23 +291,26 @@ class Engine:
         progress.token_ids = list(output.generated_tokens)
         progress.logprobs = list(output.logprobs)
         stop_token_ids = handle.request.stop_token_ids
+        stop_strings = handle.request.stop_strings
         visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
-        stop_at = _first_stop(text, handle.request.stop_strings)
+        # progress.text is what has been streamed so far; it only grows.
+        stop_at = _first_stop(text, stop_strings)
         if stop_at is not None:
-            handle._push(text[len(progress.text) : stop_at] if stop_at > len(progress.text) else "")
+            handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]
             self.manager.cancel_request(handle.request_id)
             self._finish(handle.request_id, "stop_string")
-            return
-        handle._push(text[len(progress.text) :])
-        progress.text = text
-        if output.is_finished():
-            reason: FinishReason = "stop_token" if progress.token_ids and progress.token_ids[-1] in stop_token_ids else "length"
+        elif output.is_finished():
             final_text = _decode_stable(self.tokenizer, visible_ids, final=True)
-            handle._push(final_text[len(progress.text) :])  # a held-back partial character, if any
+            handle._push(final_text[len(progress.text) :])
             progress.text = final_text
-            self._finish(handle.request_id, reason)
+            last = progress.token_ids[-1] if progress.token_ids else None
+            self._finish(handle.request_id, "stop_token" if last in stop_token_ids else "length")
+        else:
+            streamable = text[: _streamable_length(text, stop_strings)]
+            handle._push(streamable[len(progress.text) :])
+            progress.text = streamable
 
     def _finish(self, request_id: str, reason: FinishReason, error: str | None = None) -> None:
         with self._lock:
@@ -352,6 +356,18 @@ def _decode_stable(tokenizer, token_ids: list[int], final: bool = False) -> str:
     if not final:
         text = text.rstrip("\ufffd")
     return text
+
+
+def _streamable_length(text: str, stop_strings: tuple[str, ...]) -> int:
+    """How much of `text` can be streamed: a tail that could be the start of a stop string is held
+    back until the next token shows whether it is one."""
+    held = 0
+    for stop in stop_strings:
+        for length in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:length]):
+                held = length
+                break
+    return len(text) - held
 
 
 def _first_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:

@@ -118,3 +118,17 @@ def test_an_error_in_the_forward_pass_fails_the_request_and_the_engine_recovers(
     assert recovered.finish_reason == "length"
     assert recovered.token_ids == tokens
     assert engine.restarts == 1
+
+
+def test_a_multi_character_stop_string_is_never_streamed(make_engine, tiny_loaded):
+    engine = make_engine(page_size=16)
+    prompt = prompt_of(29, offset=12)
+    tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 12)
+    full_text = engine.tokenizer.decode(tokens)
+    cut = len(full_text) // 2
+    stop_string = full_text[cut : cut + 3]
+    handle = engine.submit(GenerationRequest(prompt, max_new_tokens=12, stop_strings=(stop_string,)))
+    streamed = "".join(handle.stream())
+    result = handle.result(timeout=30)
+    assert result.finish_reason == "stop_string"
+    assert streamed == result.text == full_text[: full_text.index(stop_string)]
