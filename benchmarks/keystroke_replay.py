@@ -78,8 +78,7 @@ def replay_llama_cpp(llm, prompt_ids: list[list[int]], cold: bool) -> list[dict]
     rows = []
     for ids in prompt_ids:
         if cold:
-            llm.reset()
-            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+            llm.reset()  # forgets the evaluated tokens, so no prefix of the last prompt is reused
         start = time.perf_counter()
         ttft = None
         text = ""

@@ -49,6 +49,8 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
         completion = complete_single_line(pool.engine_for(Role.SINGLE_LINE), text, cursor)
     finally:
         pool.close()
+    if completion.result.finish_reason == "error":
+        raise RuntimeError(f"the model failed: {completion.result.error}")
     print(completion.text)
     if show_stats:
         s = completion.result.stats
