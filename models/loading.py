@@ -46,7 +46,7 @@ def resolve_quantization(spec: ModelSpec, device: torch.device) -> Quantization:
     quantization = spec.quantization or ("int8-weight-only" if device.type == "cpu" else "none")
     if quantization.startswith("bnb-"):
         if device.type != "cuda":
-            raise ModelLoadError(f"quantization = {quantization} needs a GPU; on CPU use int8-dynamic.")
+            raise ModelLoadError(f"quantization = {quantization} needs a GPU; on CPU use int8-weight-only (the default).")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ModelLoadError(f"quantization = {quantization} needs bitsandbytes: pip install -e '.[gpu]'.")
     if quantization.startswith("int8-") and device.type != "cpu":
