@@ -1,0 +1,279 @@
+"""Tree-sitter grammars, and the lexical facts about a language that the completion path needs.
+
+This is the one place grammars are loaded. Each comes from its own PyPI wheel (no grammar is
+downloaded or compiled at run time) and is loaded once per process. A language without a grammar
+gets `None`; its callers fall back to the text heuristics at the end of this module.
+
+Trees are parsed from UTF-8, so every offset into a tree is a byte offset, not a character index.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+from tree_sitter import Language, Node, Parser, Tree
+
+# LSP languageId -> (module of the grammar wheel, function in it that returns the language pointer).
+_GRAMMARS: dict[str, tuple[str, str]] = {
+    "python": ("tree_sitter_python", "language"),
+    "javascript": ("tree_sitter_javascript", "language"),
+    "javascriptreact": ("tree_sitter_javascript", "language"),  # the JavaScript grammar parses JSX
+    "typescript": ("tree_sitter_typescript", "language_typescript"),
+    "typescriptreact": ("tree_sitter_typescript", "language_tsx"),
+    "go": ("tree_sitter_go", "language"),
+    "rust": ("tree_sitter_rust", "language"),
+}
+
+
+@cache
+def _load_grammar(module_name: str, function_name: str) -> Language | None:
+    # A missing wheel (or one built for another tree-sitter ABI) degrades to the heuristics
+    # instead of failing every completion in that language.
+    try:
+        module = importlib.import_module(module_name)
+        return Language(getattr(module, function_name)())
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def language_for(language_id: str) -> Language | None:
+    """The grammar for an LSP languageId, or None when we ship none for it."""
+    grammar = _GRAMMARS.get(language_id)
+    return _load_grammar(*grammar) if grammar else None
+
+
+def parse(text: str, language_id: str) -> Tree | None:
+    """Parse a whole document; None when the language has no grammar."""
+    language = language_for(language_id)
+    if language is None:
+        return None
+    # A Parser costs well under a microsecond to make, and one per call is safe across threads.
+    return Parser(language).parse(text.encode("utf-8"))
+
+
+def parse_with_insertion(tree: Tree, before: str, inserted: str, after: str, language_id: str) -> Tree | None:
+    """Parse `before + inserted + after`, reusing `tree` (the parse of `before + after`).
+
+    Incremental: 0.6 ms instead of 17 ms for a 2,600-line file (argparse.py), which matters when
+    post-processing tries several cuts of one completion.
+    """
+    language = language_for(language_id)
+    if language is None:
+        return None
+    start, inserted_bytes = len(before.encode("utf-8")), inserted.encode("utf-8")
+    edited = tree.copy()
+    edited.edit(
+        start_byte=start,
+        old_end_byte=start,
+        new_end_byte=start + len(inserted_bytes),
+        start_point=_end_point(before),
+        old_end_point=_end_point(before),
+        new_end_point=_end_point(before + inserted),
+    )
+    return Parser(language).parse((before + inserted + after).encode("utf-8"), edited)
+
+
+def _end_point(text: str) -> tuple[int, int]:
+    """Tree-sitter's (row, byte column) of the end of `text`."""
+    last_line = text.rpartition("\n")[2]
+    return text.count("\n"), len(last_line.encode("utf-8"))
+
+
+def error_count(tree: Tree) -> int:
+    """How many ERROR and MISSING nodes the tree has: a measure of how broken the text is."""
+    return sum(1 for node in _error_subtrees(tree.root_node) if node.is_error or node.is_missing)
+
+
+def _error_subtrees(node: Node) -> Iterator[Node]:
+    # `has_error` is set on every ancestor of an ERROR or MISSING node, so clean subtrees are skipped.
+    if not node.has_error and not node.is_missing:
+        return
+    yield node
+    for child in node.children:
+        yield from _error_subtrees(child)
+
+
+def node_at(tree: Tree, byte_offset: int) -> Node:
+    """The smallest node that spans the byte offset (its start <= offset <= its end)."""
+    return tree.root_node.descendant_for_byte_range(byte_offset, byte_offset) or tree.root_node
+
+
+def ancestors(node: Node | None) -> Iterator[Node]:
+    """The node itself, then its parents up to the root."""
+    current: Node | None = node
+    while current is not None:
+        yield current
+        current = current.parent
+
+
+def is_comment(node: Node) -> bool:
+    # comment (Python, JS/TS, Go), line_comment / block_comment / doc_comment (Rust).
+    return "comment" in node.type
+
+
+# Node types of string and character literals across the shipped grammars.
+_STRING_TYPES = frozenset(
+    {
+        "string",  # Python, JavaScript, TypeScript
+        "template_string",  # JavaScript, TypeScript
+        "interpreted_string_literal",  # Go
+        "raw_string_literal",  # Go, Rust
+        "rune_literal",  # Go
+        "string_literal",  # Rust
+        "char_literal",  # Rust
+    }
+)
+
+
+def is_string(node: Node) -> bool:
+    return node.type in _STRING_TYPES
+
+
+@dataclass(frozen=True)
+class CursorText:
+    """The document split at the cursor, as the trigger and the post-processing see it."""
+
+    prefix: str  # all the text before the cursor
+    suffix: str  # all the text after it
+    language_id: str
+
+    @cached_property
+    def line_before(self) -> str:
+        """The cursor's line up to the cursor."""
+        return self.prefix.rpartition("\n")[2]
+
+    @cached_property
+    def line_after(self) -> str:
+        """The cursor's line from the cursor on, without a CRLF document's "\\r"."""
+        return self.suffix.partition("\n")[0].removesuffix("\r")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text heuristics: what every language gets, and all that a language without a grammar gets.
+# ---------------------------------------------------------------------------------------------
+
+# Languages whose blocks are delimited by indentation after a line ending in ":".
+# Every other language is treated as brace-delimited.
+_INDENTATION_LANGUAGES = frozenset({"python", "cython"})
+
+_HASH_COMMENT_LANGUAGES = frozenset(
+    {
+        "python", "cython", "shellscript", "ruby", "perl", "r", "yaml", "toml", "makefile",
+        "dockerfile", "powershell", "elixir", "coffeescript", "julia", "nim",
+    }
+)  # fmt: skip
+_DASH_COMMENT_LANGUAGES = frozenset({"lua", "sql", "haskell", "elm"})
+
+CLOSERS = ")]}"
+OPENERS = "([{"
+QUOTES = "\"'`"
+
+
+def uses_indentation_blocks(language_id: str) -> bool:
+    """True for Python-like languages, False for brace languages (the default for unknown ones)."""
+    return language_id in _INDENTATION_LANGUAGES
+
+
+def block_opener(language_id: str) -> str:
+    """The character that ends a line opening a block: ':' in Python, '{' elsewhere."""
+    return ":" if uses_indentation_blocks(language_id) else "{"
+
+
+def line_comment_marker(language_id: str) -> str:
+    if language_id in _HASH_COMMENT_LANGUAGES:
+        return "#"
+    if language_id in _DASH_COMMENT_LANGUAGES:
+        return "--"
+    return "//"
+
+
+def is_identifier_char(char: str) -> bool:
+    # isalnum() is Unicode-aware, so `größe` and `変数` are identifiers too; `$` is one in JS.
+    return len(char) == 1 and (char.isalnum() or char in "_$")
+
+
+def indent_width(line: str) -> int:
+    """Columns of leading whitespace, tabs at Python's tab stops of 8."""
+    whitespace = line[: len(line) - len(line.lstrip(" \t"))]
+    return len(whitespace.expandtabs(8))
+
+
+def leading_whitespace(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def code_without_strings(line: str, language_id: str, state: str | None = None) -> str:
+    """The line with the insides of strings and comments blanked to spaces (same length, so
+    columns still line up): what is left is code, for counting brackets and finding colons."""
+    return lex_line(line, language_id, state)[0]
+
+
+def open_quote(line: str, language_id: str) -> str | None:
+    """The quote still open at the end of `line` (the cursor is in a string), if any."""
+    state = lex_line(line, language_id)[1]
+    return state if state is not None and state[0] in QUOTES else None
+
+
+def ends_in_comment(line: str, language_id: str) -> bool:
+    """Is the end of `line` inside a comment (one that starts on this line)?"""
+    return lex_line(line, language_id)[1] in (line_comment_marker(language_id), "/*")
+
+
+def next_line_state(state: str | None) -> str | None:
+    """What a line starts inside, given what the previous line ended inside: only triple-quoted
+    strings, template and raw strings in backticks, and block comments go on past a line end."""
+    return state if state in ('"""', "'''", "`", "/*") else None
+
+
+def lex_line(line: str, language_id: str, state: str | None = None) -> tuple[str, str | None]:
+    """(the line with strings and comments blanked, what is open at its end).
+
+    `state` is what the line starts inside (from `next_line_state`): None for code, or the
+    delimiter that opened a string or comment. A small lexer: quotes, Python's triple quotes,
+    backslash escapes, line and block comments. Strings that need more (Rust's `r#"..."#`) are
+    left to the grammar.
+    """
+    marker = line_comment_marker(language_id)
+    kept: list[str] = []
+    index = 0
+    while index < len(line):
+        if state is None:
+            state = _opening_at(line, index, language_id)
+            if state is None:
+                kept.append(line[index])
+                index += 1
+                continue
+            width = len(state)
+        elif state == marker:
+            width = len(line) - index  # a line comment runs to the end of the line
+        elif line[index] == "\\" and state[0] in QUOTES:
+            width = 2  # an escaped character, perhaps the quote
+        elif line.startswith("*/" if state == "/*" else state, index):
+            width, state = (2 if state == "/*" else len(state)), None
+        else:
+            width = 1
+        kept.append(" " * len(line[index : index + width]))
+        index += width
+    return "".join(kept), state
+
+
+def _opening_at(line: str, index: int, language_id: str) -> str | None:
+    """The delimiter of a string or comment that opens at `index` in code, if any."""
+    marker = line_comment_marker(language_id)
+    if line.startswith(marker, index):
+        return marker
+    if marker == "//" and line.startswith("/*", index):
+        return "/*"
+    char = line[index]
+    if char not in QUOTES or (char == "'" and _is_rust_lifetime(line, index, language_id)):
+        return None
+    triple = char * 3
+    return triple if uses_indentation_blocks(language_id) and line.startswith(triple, index) else char
+
+
+def _is_rust_lifetime(line: str, index: int, language_id: str) -> bool:
+    # `'a` in `&'a str` opens no character literal; a char literal closes within three characters.
+    return language_id == "rust" and "'" not in line[index + 1 : index + 4]
