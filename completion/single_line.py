@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from completion.fim import QWEN_CODER_STOP_IDS, Cursor, FimBudget, build_fim_prompt, first_line
+from completion.prompt import QWEN_CODER_STOP_IDS, Cursor, FimBudget, build_fim_prompt, first_line
 from models.engine import Engine, GenerationRequest, GenerationResult
 from models.spec import Role
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from completion.fim import Cursor
+from completion.prompt import Cursor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +22,21 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("--stats", action="store_true", help="print prompt, cache and timing stats to stderr")
 
     commands.add_parser("models", help="list the configured models and their state")
+    commands.add_parser("lsp", help="run the language server on stdio (editors start this)")
+    daemon = commands.add_parser("daemon", help="the background process that holds the models")
+    daemon.add_argument("action", choices=["run", "start", "stop", "status"])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("FIMBLE_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "complete":
             return run_complete(args.file, args.line, args.col, args.stats)
+        if args.command == "lsp":
+            from lsp_server.server import run_stdio
+
+            return run_stdio()
+        if args.command == "daemon":
+            return run_daemon_command(args.action)
         return run_models()
     except KeyboardInterrupt:
         return 130
@@ -70,6 +79,67 @@ def read_source(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def run_daemon_command(action: str) -> int:
+    import asyncio
+
+    from models import daemon, daemon_client
+
+    if action == "run":
+        logging.getLogger().setLevel(os.environ.get("FIMBLE_LOG", "INFO").upper())
+        try:
+            daemon.run_daemon()
+        except daemon.DaemonAlreadyRunningError as error:
+            print(f"fimble: {error}", file=sys.stderr)
+            return 0
+        return 0
+    return asyncio.run(_daemon_client_action(action, daemon_client))
+
+
+async def _daemon_client_action(action: str, daemon_client) -> int:
+    from models import wire
+
+    client = daemon_client.DaemonClient(autostart=action == "start")
+    try:
+        await client.connect()
+    except daemon_client.DaemonUnavailableError as error:
+        if action == "stop":
+            print("fimble: the daemon is not running")
+            return 0
+        raise
+    try:
+        if action == "stop":
+            await client.call("shutdown")
+            print("fimble: daemon stopped")
+        elif action == "start":
+            status = (await client.call("status"))["status"]
+            print(f"fimble: daemon running, pid {status['pid']}, socket {wire.socket_path()}")
+        else:
+            print_daemon_status((await client.call("status"))["status"])
+    finally:
+        await client.close()
+    return 0
+
+
+def print_daemon_status(status: dict) -> None:
+    print(f"pid {status['pid']}  protocol {status['version']}  up {status['uptime_s']:.0f} s  clients {status['clients']}  "
+          f"exits after {status['idle_exit_s']:.0f} s without clients")
+    if status.get("config_error"):
+        print(f"config error: {status['config_error']}")
+    for role, entry in status["roles"].items():
+        model = entry.get("model") or entry.get("spec", {}).get("source", "?")
+        print(f"{role:12} {entry['state']:10} {model}  {entry.get('quantization', '')}")
+        if entry.get("error"):
+            print(f"{'':12} error: {entry['error']}")
+        if entry.get("cache"):
+            cache = entry["cache"]
+            print(f"{'':12} cache: {cache['blocks_total']} pages of {cache['page_size']} tokens, "
+                  f"{100 * (1 - cache['free_fraction']):.0f}% used, {cache['blocks_cached_for_reuse']} kept for reuse, "
+                  f"{cache['blocks_evicted']} evicted")
+        ttft = entry.get("ttft_p50_s")
+        print(f"{'':12} requests {entry['requests']} (cancelled {entry['cancelled']}, errors {entry['errors']})"
+              + (f", ttft p50 {ttft:.3f} s p95 {entry['ttft_p95_s']:.3f} s, total p50 {entry['total_p50_s']:.3f} s" if ttft is not None else ""))
 
 
 def run_models() -> int:

@@ -59,6 +59,9 @@ class GenerationRequest:
     max_new_tokens: int = 64
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
+    # Stop strings match only from this character of the output on: a healed line start
+    # (completion/prompt.py) begins with the "\n" that a single-line stop string would catch.
+    stop_search_from: int = 0
 
 
 @dataclass
@@ -229,6 +232,11 @@ class Engine:
         return False
 
     @property
+    def active_requests(self) -> int:
+        """Requests submitted and not yet finished (cancelled ones finish at once)."""
+        return len(self._handles)
+
+    @property
     def scheduler(self) -> PriorityScheduler | None:
         processor = self.manager.batch_processor
         return processor.scheduler if processor is not None else None
@@ -295,7 +303,7 @@ class Engine:
         visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
         # progress.text is what has been streamed so far; it only grows.
-        stop_at = _first_stop(text, stop_strings)
+        stop_at = _first_stop(text, stop_strings, handle.request.stop_search_from)
         if stop_at is not None:
             handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]
@@ -370,7 +378,7 @@ def _streamable_length(text: str, stop_strings: tuple[str, ...]) -> int:
     return len(text) - held
 
 
-def _first_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:
-    positions = [i for s in stop_strings if (i := text.find(s)) >= 0]
+def _first_stop(text: str, stop_strings: tuple[str, ...], start: int = 0) -> int | None:
+    positions = [i for s in stop_strings if (i := text.find(s, start)) >= 0]
     return min(positions) if positions else None
 

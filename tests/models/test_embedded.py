@@ -68,7 +68,7 @@ def test_a_half_written_checkpoint_is_not_used(tmp_path):
 
 @pytest.mark.slow
 def test_the_embedded_model_completes_the_fibonacci_body():
-    from completion.fim import Cursor
+    from completion.prompt import Cursor
     from completion.single_line import complete_single_line
     from models.pool import start_engine
     from models.spec import ModelSpec

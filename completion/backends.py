@@ -1,0 +1,117 @@
+"""Where completions are generated: the shared daemon (editors) or an engine in this process
+(`fimble complete`). Both satisfy completion.service.Backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Callable
+
+from tokenizers import Tokenizer as RustTokenizer
+
+from completion.prompt import QWEN_CODER_STOP_IDS
+from completion.service import Generated
+from models.spec import Role
+
+
+class ServedTokenizer:
+    """The model's tokenizer, rebuilt from the tokenizer.json the daemon sends. The editor process
+    counts tokens for its prompt budgets without loading transformers or torch."""
+
+    def __init__(self, tokenizer_json: str):
+        self._tokenizer = RustTokenizer.from_str(tokenizer_json)
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return {"input_ids": encoding.ids, "offset_mapping": encoding.offsets}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+class DaemonBackend:
+    def __init__(self, client):
+        self.client = client  # models.daemon_client.DaemonClient
+        self._tokenizers: dict[Role, ServedTokenizer] = {}
+        self.models: dict[Role, dict] = {}
+
+    def forget_models(self) -> None:
+        """After a daemon restart the config, and so the tokenizers, may have changed."""
+        self._tokenizers.clear()
+        self.models.clear()
+
+    async def tokenizer(self, role: Role) -> ServedTokenizer:
+        if role not in self._tokenizers:
+            reply = await self.client.call("model", role=role.config_name)
+            self._tokenizers[role] = ServedTokenizer(reply.pop("tokenizer_json"))
+            self.models[role] = reply
+        return self._tokenizers[role]
+
+    async def generate(
+        self,
+        role: Role,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        stop_strings: tuple[str, ...],
+        stop_search_from: int,
+        should_stop: Callable[[str], bool] | None,
+    ) -> Generated:
+        result = await self.client.generate(
+            should_stop=should_stop,
+            role=role.config_name,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=list(QWEN_CODER_STOP_IDS),
+            stop_strings=list(stop_strings),
+            stop_search_from=stop_search_from,
+        )
+        return Generated(result["text"], result.get("mean_logprob"), result["finish_reason"], result.get("stats", {}))
+
+
+class EngineBackend:
+    """Engines from an EnginePool in this process. Waiting on a request happens in a worker
+    thread that runs no torch ops (see models/daemon.py on OpenMP pools)."""
+
+    def __init__(self, pool):
+        self.pool = pool  # models.pool.EnginePool
+
+    async def tokenizer(self, role: Role):
+        return (await asyncio.to_thread(self.pool.engine_for, role)).tokenizer
+
+    async def generate(
+        self,
+        role: Role,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        stop_strings: tuple[str, ...],
+        stop_search_from: int,
+        should_stop: Callable[[str], bool] | None,
+    ) -> Generated:
+        from models.engine import GenerationRequest
+
+        engine = await asyncio.to_thread(self.pool.engine_for, role)
+        handle = engine.submit(
+            GenerationRequest(prompt_ids, role, max_new_tokens, QWEN_CODER_STOP_IDS, stop_strings, stop_search_from)
+        )
+
+        def wait() -> None:
+            text = ""
+            for delta in handle.stream():
+                text += delta
+                if should_stop is not None and should_stop(text):
+                    handle.cancel()
+
+        done = threading.Event()
+        try:
+            await asyncio.to_thread(lambda: (wait(), done.set()))
+        finally:
+            if not done.is_set():
+                handle.cancel()
+        result = handle.result()
+        return Generated(result.text, result.mean_logprob, result.finish_reason, _stats(result))
+
+
+def _stats(result) -> dict:
+    from dataclasses import asdict
+
+    return asdict(result.stats)

@@ -1,0 +1,132 @@
+"""The completion path, keystroke to ghost text, as plain logic over a model backend:
+
+    decide_mode -> build_fim_prompt_around -> backend.generate -> strip_healed -> postprocess -> abstain
+
+The backend is the daemon's socket in the editor (completion/backends.DaemonBackend) and an
+in-process engine for `fimble complete` (EngineBackend); both run the same code here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from completion.postprocess import postprocess
+from completion.prompt import QWEN_CODER_STOP_IDS, FimBudget, Tokenizer, build_fim_prompt_around, strip_healed
+from completion.trigger import CompletionMode, decide_mode
+from models.spec import Role
+
+ROLE_FOR_MODE = {CompletionMode.SINGLE_LINE: Role.SINGLE_LINE, CompletionMode.MULTI_LINE: Role.MULTI_LINE}
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    multi_line: bool = True
+    # Nothing is shown when the mean token logprob is below this; None shows everything.
+    abstain_below_logprob: float | None = -1.0
+    max_single_line_tokens: int = 48
+    max_multi_line_tokens: int = 160
+    budget: FimBudget = FimBudget()
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    text: str
+    offset: int  # code points before the cursor
+    language_id: str = "python"
+    explicit: bool = False  # invoked by the user rather than by typing
+
+    @property
+    def prefix(self) -> str:
+        return self.text[: self.offset]
+
+    @property
+    def suffix(self) -> str:
+        return self.text[self.offset :]
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    mean_logprob: float | None
+    finish_reason: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # inserted at the cursor; "" when there is nothing to show
+    mode: CompletionMode
+    mean_logprob: float | None = None
+    # Why the text is empty: "trigger", "abstained", "postprocess", "model"; "" when there is text.
+    empty_because: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    async def tokenizer(self, role: Role) -> Tokenizer: ...
+
+    async def generate(
+        self,
+        role: Role,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        stop_strings: tuple[str, ...],
+        stop_search_from: int,
+        should_stop: Callable[[str], bool] | None,
+    ) -> Generated: ...
+
+
+async def complete(request: CompletionRequest, settings: CompletionSettings, backend: Backend) -> Completion:
+    mode = decide_mode(request.prefix, request.suffix, request.language_id, request.explicit)
+    if mode == CompletionMode.MULTI_LINE and not settings.multi_line:
+        mode = CompletionMode.SINGLE_LINE
+    if mode == CompletionMode.NONE:
+        return Completion("", mode, empty_because="trigger")
+    role = ROLE_FOR_MODE[mode]
+    prompt = build_fim_prompt_around(request.prefix, request.suffix, await backend.tokenizer(role), settings.budget)
+    single = mode == CompletionMode.SINGLE_LINE
+    generated = await backend.generate(
+        role,
+        prompt.token_ids,
+        settings.max_single_line_tokens if single else settings.max_multi_line_tokens,
+        # Single-line: the engine stops at the line break after the healed line start.
+        ("\n",) if single else (),
+        len(prompt.healed),
+        None if single else block_end_detector(prompt.healed, request.prefix),
+    )
+    if generated.finish_reason == "error":
+        return Completion("", mode, generated.mean_logprob, "model", generated.stats)
+    text = postprocess(strip_healed(generated.text, prompt.healed), request.prefix, request.suffix, mode, request.language_id)
+    threshold = settings.abstain_below_logprob
+    if text and threshold is not None and generated.mean_logprob is not None and generated.mean_logprob < threshold:
+        return Completion("", mode, generated.mean_logprob, "abstained", generated.stats)
+    return Completion(text, mode, generated.mean_logprob, "" if text else "postprocess", generated.stats)
+
+
+def block_end_detector(healed: str, prefix: str) -> Callable[[str], bool]:
+    """Whether a multi-line generation has left its block, so decoding can stop early.
+
+    A line that starts less indented than the first generated line ends the block (the same rule
+    postprocess cuts at); so do two blank lines in a row. Postprocess does the exact trimming; this
+    only saves decoding what would be trimmed (up to max_multi_line_tokens at ~16 tok/s on CPU).
+    """
+    typed_indent = len(prefix) - len(prefix.rstrip(" \t")) if prefix.rstrip(" \t").endswith("\n") or not prefix.strip() else 0
+
+    def ended(generated: str) -> bool:
+        lines = strip_healed(generated, healed).split("\n")
+        body_indent = None
+        for number, line in enumerate(lines[:-1] if len(lines) > 1 else []):
+            if number > 0 and line.strip():
+                indent = len(line) - len(line.lstrip(" \t"))
+                if body_indent is not None and indent < body_indent:
+                    return True
+            if line.strip() and body_indent is None:
+                body_indent = (typed_indent if number == 0 else 0) + len(line) - len(line.lstrip(" \t"))
+        # The line being written counts as soon as it shows its first character.
+        last = lines[-1] if len(lines) > 1 else ""
+        if body_indent is not None and last.strip():
+            return len(last) - len(last.lstrip(" \t")) < body_indent
+        return "\n\n\n" in generated
+
+    return ended

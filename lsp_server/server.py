@@ -1,0 +1,191 @@
+"""`fimble lsp`: the language server each editor window starts (stdio).
+
+Thin handlers over plain logic: a handler converts LSP params (UTF-16 positions included) into a
+completion.service.CompletionRequest, awaits `complete`, and converts the answer back. The models
+live in the shared daemon, reached through models.daemon_client; the daemon is started on demand
+and restarted when it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from completion.backends import DaemonBackend
+from completion.service import CompletionRequest, complete
+from lsp_server.debounce import AdaptiveDebounce
+from lsp_server.settings import Settings, parse_settings
+from models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
+from models.spec import Role
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_COMMAND = "fimble.accepted"
+# The same problem is shown once per this many seconds, not on every keystroke.
+MESSAGE_REPEAT_S = 30.0
+
+
+class FimbleServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("fimble", "0.1.0")
+        self.settings = Settings()
+        self.client = DaemonClient(on_disconnect=self._on_daemon_lost)
+        self.backend = DaemonBackend(self.client)
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self._debounce: dict[str, AdaptiveDebounce] = {}
+        self._shown: dict[str, float] = {}
+        self.accepted = 0
+
+    # --- plain helpers the handlers share -----------------------------------------------------------
+
+    def apply_settings(self, raw) -> None:
+        self.settings, warnings = parse_settings(raw, Settings())
+        for warning in warnings:
+            self.tell(warning, types.MessageType.Warning)
+
+    def tell(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
+        """Show a message in the editor, at most once per MESSAGE_REPEAT_S for the same text."""
+        now = time.monotonic()
+        if now - self._shown.get(message, -MESSAGE_REPEAT_S) < MESSAGE_REPEAT_S:
+            return
+        self._shown[message] = now
+        log.warning("%s", message)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def _on_daemon_lost(self, reason: str) -> None:
+        self.backend.forget_models()
+        self.tell(f"Fimble: {reason}", types.MessageType.Warning)
+        asyncio.get_event_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            await self.client.connect()
+        except DaemonUnavailableError as error:
+            self.tell(f"Fimble: {error}")
+
+    async def supersede(self, uri: str) -> None:
+        """A newer request on a document cancels the older one, which the engine then stops."""
+        current = asyncio.current_task()
+        previous = self._in_flight.get(uri)
+        if previous is not None and previous is not current and not previous.done():
+            previous.cancel()
+        self._in_flight[uri] = current
+        delay = self._debounce.setdefault(uri, AdaptiveDebounce()).delay(time.monotonic(), self.settings.max_debounce_ms / 1000)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def complete_at(self, uri: str, position: types.Position, explicit: bool):
+        """The completion at an LSP position, or None (nothing to show, or a problem told to the user)."""
+        if not self.settings.enable:
+            return None
+        await self.supersede(uri)
+        document = self.workspace.get_text_document(uri)
+        request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
+        try:
+            return await complete(request, self.settings.completion(), self.backend)
+        except DaemonUnavailableError as error:
+            self.tell(f"Fimble: {error}", types.MessageType.Warning)
+        except DaemonRequestError as error:
+            self.tell(f"Fimble: {error}")
+        except ValueError as error:  # a position past the document's end, say
+            log.info("no completion at %s %s: %s", uri, position, error)
+        finally:
+            if self._in_flight.get(uri) is asyncio.current_task():
+                del self._in_flight[uri]
+        return None
+
+    async def warm_up(self) -> None:
+        """Start the daemon and load the completion model, with progress shown in the editor."""
+        token = "fimble-warm-up"
+        progress = self.client_capabilities.window and self.client_capabilities.window.work_done_progress
+        try:
+            if progress:
+                await self.work_done_progress.create_async(token)
+                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble", message="loading the completion model"))
+            await self.backend.tokenizer(Role.SINGLE_LINE)
+        except (DaemonUnavailableError, DaemonRequestError) as error:
+            self.tell(f"Fimble: {error}")
+        finally:
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+
+
+server = FimbleServer()
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: FimbleServer, params: types.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+
+
+@server.feature(types.INITIALIZED)
+def initialized(ls: FimbleServer, params: types.InitializedParams) -> None:
+    asyncio.get_event_loop().create_task(ls.warm_up())
+
+
+@server.feature(types.SHUTDOWN)
+async def shutdown(ls: FimbleServer, params) -> None:
+    for task in ls._in_flight.values():
+        task.cancel()
+    await ls.client.close()
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(ls: FimbleServer, params: types.DidChangeConfigurationParams) -> None:
+    ls.apply_settings(params.settings)
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(ls: FimbleServer, params: types.InlineCompletionParams):
+    explicit = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    completion = await ls.complete_at(params.text_document.uri, params.position, explicit)
+    if completion is None or not completion.text:
+        return types.InlineCompletionList(items=[])
+    here = types.Range(start=params.position, end=params.position)
+    accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion)])
+    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=completion.text, range=here, command=accepted)])
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
+    """For clients without inline completion: the same text as one completion item. Clients that
+    have inline completion get nothing here, so they don't show the suggestion twice."""
+    document_caps = ls.client_capabilities.text_document
+    if document_caps is not None and document_caps.inline_completion is not None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    explicit = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+    completion = await ls.complete_at(params.text_document.uri, params.position, explicit)
+    if completion is None or not completion.text:
+        return types.CompletionList(is_incomplete=True, items=[])
+    first_line = completion.text.strip().splitlines()[0]
+    item = types.CompletionItem(
+        label=first_line[:60],
+        kind=types.CompletionItemKind.Text,
+        detail="Fimble",
+        text_edit=types.TextEdit(range=types.Range(start=params.position, end=params.position), new_text=completion.text),
+        # Clients filter items by the word before the cursor; the completion continues it.
+        filter_text=completion.text,
+        sort_text="0",
+        command=types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion)]),
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+@server.command(ACCEPTED_COMMAND)
+def accepted(ls: FimbleServer, *args) -> None:
+    ls.accepted += 1
+
+
+def acceptance_record(completion) -> dict:
+    """What the editor hands back when the user accepts: kept for acceptance statistics and read by
+    benchmarks/humaneval_infill.py for the abstain trade-off."""
+    return {"mode": completion.mode.value, "meanLogprob": completion.mean_logprob}
+
+
+def run_stdio() -> int:
+    server.start_io()
+    return 0

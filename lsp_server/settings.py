@@ -1,0 +1,102 @@
+"""The server's settings: a typed dataclass read from `initializationOptions` and
+`workspace/didChangeConfiguration`. Editors send camelCase keys (`fimble.maxDebounceMs` in VS Code),
+at the top level or under a "fimble" section. A bad value keeps its default and yields a warning
+for the user; unknown keys are warned about too, since they are usually typos."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+# HumanEval single-line infilling through the LSP (benchmarks/humaneval_infill.py): see the README's
+# abstain table for what each threshold keeps and how precise it is.
+DEFAULT_ABSTAIN_BELOW_LOGPROB = -1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    enable: bool = True
+    # Multi-line suggestions after block openers and in empty bodies.
+    multi_line: bool = True
+    # Show nothing when the completion's mean token logprob is below this; None shows everything.
+    abstain_below_logprob: float | None = DEFAULT_ABSTAIN_BELOW_LOGPROB
+    # The debounce adapts to the typing speed, up to this many milliseconds; 0 turns it off.
+    max_debounce_ms: int = 120
+    max_single_line_tokens: int = 48
+    max_multi_line_tokens: int = 160
+    prefix_tokens: int = 1536
+    suffix_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_debounce_ms",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_single_line_tokens", "max_multi_line_tokens", "prefix_tokens", "suffix_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+    def completion(self):
+        from completion.prompt import FimBudget
+        from completion.service import CompletionSettings
+
+        return CompletionSettings(
+            multi_line=self.multi_line,
+            abstain_below_logprob=self.abstain_below_logprob,
+            max_single_line_tokens=self.max_single_line_tokens,
+            max_multi_line_tokens=self.max_multi_line_tokens,
+            budget=FimBudget(prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens),
+        )
+
+
+def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, list[str]]:
+    """Settings from an editor's JSON, and one warning per value that was ignored."""
+    if raw is None:
+        return base, []
+    if not isinstance(raw, dict):
+        return base, [f"Fimble settings must be an object, got {type(raw).__name__}; using defaults"]
+    if isinstance(raw.get("fimble"), dict):
+        raw = raw["fimble"]
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in raw.items():
+        name = _snake_case(key)
+        if name not in fields:
+            warnings.append(f"Fimble: unknown setting {key!r} ignored")
+            continue
+        try:
+            values[name] = _coerce(value, hints[name])
+            dataclasses.replace(base, **{name: values[name]})  # range checks in __post_init__
+        except (TypeError, ValueError) as error:
+            values.pop(name, None)
+            warnings.append(f"Fimble: setting {key!r} = {value!r} is invalid ({error}); using {getattr(base, name)!r}")
+    return dataclasses.replace(base, **values), warnings
+
+
+def _snake_case(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """JSON value -> the field's type, strictly: "yes" is not a bool, 1.5 is not an int."""
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise TypeError("null is not allowed")
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("expected true or false")
+    if isinstance(value, bool):
+        raise TypeError("expected a number")
+    if int in allowed and isinstance(value, int):
+        return value
+    if float in allowed and isinstance(value, (int, float)):
+        return float(value)
+    raise TypeError(f"expected {' or '.join(t.__name__ for t in allowed if t is not type(None))}")

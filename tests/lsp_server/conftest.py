@@ -1,0 +1,112 @@
+"""Fixtures for end-to-end LSP tests: the real `fimble lsp` and the real daemon, with tiny models.
+
+single_line and chat use the tiny random-weight model. multi_line uses a copy whose final norm is
+zero: every logit is 0, so greedy decoding repeats token 0 forever and never writes a line break.
+That makes a request that runs until it is cancelled, for the cancellation and daemon-death tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities
+from pytest_lsp.client import make_test_lsp_client
+
+FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
+QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
+
+
+def build_never_stopping_checkpoint(tiny_checkpoint: Path, path: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_checkpoint, path)
+    weights = load_file(path / "model.safetensors")
+    weights["model.norm.weight"].zero_()
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def write_config(path: Path, single_line: Path, multi_line: Path) -> Path:
+    sources = {"single_line": single_line, "multi_line": multi_line, "chat": single_line}
+    path.write_text(
+        "".join(
+            f'[models.{role}]\nsource = "{source}"\nquantization = "none"\ndevice = "cpu"\ncontext_length = 2048\n\n'
+            for role, source in sources.items()
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fimble_env(tiny_checkpoint, tmp_path_factory):
+    """One daemon for the session's LSP tests (each test starts its own `fimble lsp`)."""
+    root = tmp_path_factory.mktemp("fimble")
+    never_stopping = build_never_stopping_checkpoint(tiny_checkpoint, root / "never-stopping")
+    config = write_config(root / "config.toml", tiny_checkpoint, never_stopping)
+    # A short directory of its own: AF_UNIX socket paths are limited to 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="fimble-lsp-") as runtime_dir:
+        env = dict(os.environ, FIMBLE_CONFIG=str(config), FIMBLE_RUNTIME_DIR=runtime_dir, FIMBLE_CACHE_DIR=str(root / "cache"))
+        env["FIMBLE_DAEMON_IDLE_S"] = "120"
+        yield env
+        subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def in_fimble_env(fimble_env, monkeypatch):
+    """This process talks to the session's daemon too (DaemonClient reads the environment)."""
+    for key in ("FIMBLE_CONFIG", "FIMBLE_RUNTIME_DIR", "FIMBLE_CACHE_DIR"):
+        monkeypatch.setenv(key, fimble_env[key])
+    return fimble_env
+
+
+def capabilities_of(editor: str, inline_completion: bool) -> types.ClientCapabilities:
+    """A real editor's recorded capabilities (pytest-lsp ships them), with or without inline completion."""
+    capabilities = client_capabilities(editor)
+    capabilities.text_document.inline_completion = types.InlineCompletionClientCapabilities() if inline_completion else None
+    return capabilities
+
+
+async def start_client(env: dict, initialization_options=QUIET, inline_completion: bool = True) -> LanguageClient:
+    client = make_test_lsp_client()
+    await client.start_io(*FIMBLE, "lsp", env=env)
+    client.initialize_result = await client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities_of("visual-studio-code", inline_completion),
+            initialization_options=initialization_options,
+            process_id=os.getpid(),
+        )
+    )
+    return client
+
+
+@pytest_asyncio.fixture
+async def lsp(fimble_env):
+    client = await start_client(fimble_env)
+    yield client
+    await client.shutdown_session()
+    await client.stop()
+
+
+def open_document(client: LanguageClient, uri: str, text: str, language_id: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text))
+    )
+
+
+async def inline_at(client: LanguageClient, uri: str, line: int, character: int, invoked: bool = False):
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    return await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line, character=character),
+            context=types.InlineCompletionContext(trigger_kind=kind),
+        )
+    )

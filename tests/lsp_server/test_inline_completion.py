@@ -1,0 +1,81 @@
+"""textDocument/inlineCompletion through the real server and daemon, checked against the same
+completion path run in this process on the same tiny model."""
+
+from __future__ import annotations
+
+import pytest
+from lsprotocol import types
+
+from completion.backends import EngineBackend
+from completion.service import CompletionRequest, CompletionSettings, complete
+from lsp_server.settings import Settings, parse_settings
+from models.config import load_role_config
+from models.pool import EnginePool
+from tests.lsp_server.conftest import QUIET, inline_at, open_document
+
+SOURCE = "import os\n\ndef list_files(path):\n    names = os.listdir(path)\n    return sorted(na\n"
+
+
+@pytest.fixture(scope="module")
+def local_pool(fimble_env):
+    """The same models, loaded in this process, for the expected answers."""
+    import os
+
+    old = os.environ.get("FIMBLE_CONFIG")
+    os.environ["FIMBLE_CONFIG"] = fimble_env["FIMBLE_CONFIG"]
+    try:
+        pool = EnginePool(load_role_config())
+    finally:
+        os.environ.pop("FIMBLE_CONFIG") if old is None else os.environ.__setitem__("FIMBLE_CONFIG", old)
+    yield pool
+    pool.close()
+
+
+async def expected_completion(pool, text: str, offset: int, explicit: bool = False):
+    settings = parse_settings(QUIET, Settings())[0].completion()
+    return await complete(CompletionRequest(text, offset, "python", explicit), settings, EngineBackend(pool))
+
+
+async def test_inline_completion_matches_the_in_process_path(lsp, local_pool):
+    open_document(lsp, "file:///work/files.py", SOURCE)
+    answer = await inline_at(lsp, "file:///work/files.py", 4, 20)
+    expected = await expected_completion(local_pool, SOURCE, SOURCE.index("sorted(na") + len("sorted(na"))
+    assert expected.text, "the tiny model's completion at this cursor is not empty"
+    assert [item.insert_text for item in answer.items] == [expected.text]
+    item = answer.items[0]
+    assert item.range == types.Range(start=types.Position(4, 20), end=types.Position(4, 20))
+    assert item.command.command == "fimble.accepted"
+    assert item.command.arguments[0]["meanLogprob"] == pytest.approx(expected.mean_logprob, abs=1e-3)
+
+
+async def test_positions_are_utf16_code_units(lsp, local_pool):
+    # "😀" is one code point and two UTF-16 code units; "é" is one of each.
+    text = 'greeting = "héllo 😀"; label = gree\n'
+    open_document(lsp, "file:///work/unicode.py", text)
+    utf16_column = len(text.split("\n")[0].encode("utf-16-le")) // 2
+    answer = await inline_at(lsp, "file:///work/unicode.py", 0, utf16_column)
+    expected = await expected_completion(local_pool, text, text.index("\n"))
+    assert expected.text
+    assert [item.insert_text for item in answer.items] == [expected.text]
+    assert answer.items[0].range.start == types.Position(0, utf16_column)
+
+
+async def test_incremental_changes_are_applied(lsp, local_pool):
+    uri = "file:///work/edited.py"
+    open_document(lsp, uri, "def total(xs):\n    return \n")
+    lsp.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(types.Position(1, 11), types.Position(1, 11)), text="sum(")],
+        )
+    )
+    answer = await inline_at(lsp, uri, 1, 15)
+    text = "def total(xs):\n    return sum(\n"
+    expected = await expected_completion(local_pool, text, text.index("sum(") + 4)
+    assert [item.insert_text for item in answer.items] == ([expected.text] if expected.text else [])
+
+
+async def test_nothing_is_offered_inside_a_comment(lsp):
+    open_document(lsp, "file:///work/comment.py", "# a note about th\nx = 1\n")
+    answer = await inline_at(lsp, "file:///work/comment.py", 0, 17)
+    assert list(answer.items) == []
