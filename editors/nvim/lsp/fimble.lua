@@ -7,6 +7,7 @@ return {
   cmd = { "fimble", "lsp" },
   -- No `filetypes`: Fimble completes any file. One server per project root.
   root_markers = { ".git" },
-  -- Server settings (all optional; the server has defaults), for example:
-  -- init_options = { enable = true, multiLine = true, abstainBelowLogprob = vim.NIL, maxDebounceMs = 120 },
+  -- Server settings: enable, multiLine, abstainBelowLogprob, maxDebounceMs; a key left out keeps the
+  -- server's default. For example:
+  -- init_options = { multiLine = false, maxDebounceMs = 60 },
 }

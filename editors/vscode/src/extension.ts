@@ -1,34 +1,51 @@
 // Starts `fimble lsp` over stdio and lets vscode-languageclient wire its inline completions into
 // VS Code's ghost text.
 import * as vscode from "vscode";
-import { LanguageClient, LanguageClientOptions, ServerOptions } from "vscode-languageclient/node";
+import {
+  DidChangeConfigurationNotification,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+} from "vscode-languageclient/node";
+
+const SERVER_SETTINGS = ["enable", "multiLine", "abstainBelowLogprob", "maxDebounceMs"];
 
 let client: LanguageClient | undefined;
 
-// The settings the server reads, as a plain object (WorkspaceConfiguration also carries methods).
+// The settings the server reads. A null value is left out so that the server uses its default;
+// serverPath is not sent (the server warns about keys it does not know).
 function serverSettings(): Record<string, unknown> {
   const config = vscode.workspace.getConfiguration("fimble");
-  return {
-    enable: config.get<boolean>("enable"),
-    multiLine: config.get<boolean>("multiLine"),
-    abstainBelowLogprob: config.get<number | null>("abstainBelowLogprob"),
-    maxDebounceMs: config.get<number>("maxDebounceMs"),
-  };
+  const settings: Record<string, unknown> = {};
+  for (const key of SERVER_SETTINGS) {
+    const value = config.get(key);
+    if (value !== null && value !== undefined) {
+      settings[key] = value;
+    }
+  }
+  return settings;
 }
 
-export async function activate(_context: vscode.ExtensionContext): Promise<void> {
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const command = vscode.workspace.getConfiguration("fimble").get<string>("serverPath") || "fimble";
   const serverOptions: ServerOptions = { command, args: ["lsp"] };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: serverSettings(),
-    // Sends workspace/didChangeConfiguration with {settings: {fimble: {...}}} now and on every change.
-    synchronize: { configurationSection: "fimble" },
   };
   client = new LanguageClient("fimble", "Fimble", serverOptions, clientOptions);
   // In vscode-languageclient 9, textDocument/inlineCompletion (LSP 3.18) is a proposed feature:
   // this registers a VS Code InlineCompletionItemProvider that forwards to the server.
   client.registerProposedFeatures();
+
+  context.subscriptions.push(
+    vscode.workspace.onDidChangeConfiguration((event) => {
+      if (event.affectsConfiguration("fimble") && client?.isRunning()) {
+        client.sendNotification(DidChangeConfigurationNotification.type, { settings: serverSettings() });
+      }
+    })
+  );
+
   try {
     await client.start();
   } catch (error) {
