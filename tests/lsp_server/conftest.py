@@ -20,6 +20,9 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
+from models.config import load_role_config
+from models.pool import EnginePool
+
 FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
 QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
 
@@ -57,6 +60,21 @@ def fimble_env(tiny_checkpoint, tmp_path_factory):
         env["FIMBLE_DAEMON_IDLE_S"] = "120"
         yield env
         subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def local_pool(fimble_env):
+    """The same models, loaded in this process, for the expected answers."""
+    import os
+
+    old = os.environ.get("FIMBLE_CONFIG")
+    os.environ["FIMBLE_CONFIG"] = fimble_env["FIMBLE_CONFIG"]
+    try:
+        pool = EnginePool(load_role_config())
+    finally:
+        os.environ.pop("FIMBLE_CONFIG") if old is None else os.environ.__setitem__("FIMBLE_CONFIG", old)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

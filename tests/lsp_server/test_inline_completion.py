@@ -9,26 +9,9 @@ from lsprotocol import types
 from completion.backends import EngineBackend
 from completion.service import CompletionRequest, CompletionSettings, complete
 from lsp_server.settings import Settings, parse_settings
-from models.config import load_role_config
-from models.pool import EnginePool
 from tests.lsp_server.conftest import QUIET, inline_at, open_document
 
 SOURCE = "import os\n\ndef list_files(path):\n    names = os.listdir(path)\n    return sorted(na\n"
-
-
-@pytest.fixture(scope="module")
-def local_pool(fimble_env):
-    """The same models, loaded in this process, for the expected answers."""
-    import os
-
-    old = os.environ.get("FIMBLE_CONFIG")
-    os.environ["FIMBLE_CONFIG"] = fimble_env["FIMBLE_CONFIG"]
-    try:
-        pool = EnginePool(load_role_config())
-    finally:
-        os.environ.pop("FIMBLE_CONFIG") if old is None else os.environ.__setitem__("FIMBLE_CONFIG", old)
-    yield pool
-    pool.close()
 
 
 async def expected_completion(pool, text: str, offset: int, explicit: bool = False):
