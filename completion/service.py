@@ -97,11 +97,21 @@ async def complete(request: CompletionRequest, settings: CompletionSettings, bac
     )
     if generated.finish_reason == "error":
         return Completion("", mode, generated.mean_logprob, "model", generated.stats)
-    text = postprocess(strip_healed(generated.text, prompt.healed), request.prefix, request.suffix, mode, request.language_id)
-    threshold = settings.abstain_below_logprob
+    raw = without_control_characters(strip_healed(generated.text, prompt.healed))
+    text = postprocess(raw, request.prefix, request.suffix, mode, request.language_id)
+    # A completion the user asked for is shown even when the model is unsure.
+    threshold = None if request.explicit else settings.abstain_below_logprob
     if text and threshold is not None and generated.mean_logprob is not None and generated.mean_logprob < threshold:
         return Completion("", mode, generated.mean_logprob, "abstained", generated.stats)
     return Completion(text, mode, generated.mean_logprob, "" if text else "postprocess", generated.stats)
+
+
+def without_control_characters(text: str) -> str:
+    """Editors cut ghost text at a NUL and render other C0 controls as garbage; code never needs them."""
+    return text.translate(_CONTROL_CHARACTERS)
+
+
+_CONTROL_CHARACTERS = {code: None for code in range(32) if chr(code) not in "\t\n\r"} | {0x7F: None}
 
 
 def block_end_detector(healed: str, prefix: str) -> Callable[[str], bool]:

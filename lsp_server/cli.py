@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fimble", description="Local AI code completion.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    complete = commands.add_parser("complete", help="print the single-line completion at a cursor")
+    complete = commands.add_parser("complete", help="print the completion at a cursor, as an editor would show it")
     complete.add_argument("file", type=Path)
     complete.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     complete.add_argument("--col", type=int, required=True, help="1-based column of the cursor (characters)")
@@ -46,29 +46,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
-    from completion.single_line import complete_single_line
+    """The editor's completion path (trigger, prompt, postprocess) on a file, with the models loaded
+    in this process instead of the daemon. Invoked explicitly, so it never abstains."""
+    import asyncio
+
+    from completion.backends import EngineBackend
+    from completion.prompt import split_at_cursor
+    from completion.service import CompletionRequest, complete
+    from lsp_server.settings import Settings
     from models.config import load_role_config
     from models.pool import EnginePool
-    from models.spec import Role
 
     text = read_source(path)
-    cursor = Cursor(line - 1, col - 1)
+    offset = len(split_at_cursor(text, Cursor(line - 1, col - 1))[0])
+    request = CompletionRequest(text, offset, language_id_for(path), explicit=True)
     pool = EnginePool(load_role_config())
     try:
-        completion = complete_single_line(pool.engine_for(Role.SINGLE_LINE), text, cursor)
+        completion = asyncio.run(complete(request, Settings().completion(), EngineBackend(pool)))
     finally:
         pool.close()
-    if completion.result.finish_reason == "error":
-        raise RuntimeError(f"the model failed: {completion.result.error}")
+    if completion.empty_because == "model":
+        raise RuntimeError(f"the model failed: {completion.stats}")
     print(completion.text)
     if show_stats:
-        s = completion.result.stats
+        s = completion.stats
         print(
-            f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), ttft {s.ttft_s or 0:.3f} s, "
-            f"{s.generated_tokens} tokens at {s.decode_tok_s or 0:.1f} tok/s",
+            f"{completion.mode.value}: prompt {s.get('prompt_tokens', 0)} tokens ({s.get('cached_tokens', 0)} cached), "
+            f"ttft {s.get('ttft_s') or 0:.3f} s, {s.get('generated_tokens', 0)} tokens at {s.get('decode_tok_s') or 0:.1f} tok/s, "
+            f"mean logprob {completion.mean_logprob if completion.mean_logprob is not None else float('nan'):.3f}"
+            + (f", empty: {completion.empty_because}" if completion.empty_because else ""),
             file=sys.stderr,
         )
     return 0
+
+
+# File extensions to LSP language ids, for `fimble complete` (editors send the id themselves).
+LANGUAGE_IDS = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
+    ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust",
+    ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".rb": "ruby", ".lua": "lua",
+}
+
+
+def language_id_for(path: Path) -> str:
+    return LANGUAGE_IDS.get(path.suffix.lower(), "plaintext")
 
 
 def read_source(path: Path) -> str:

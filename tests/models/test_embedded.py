@@ -68,13 +68,21 @@ def test_a_half_written_checkpoint_is_not_used(tmp_path):
 
 @pytest.mark.slow
 def test_the_embedded_model_completes_the_fibonacci_body():
-    from completion.prompt import Cursor
-    from completion.single_line import complete_single_line
-    from models.pool import start_engine
-    from models.spec import ModelSpec
+    import asyncio
+
+    from completion.backends import EngineBackend
+    from completion.service import CompletionRequest, CompletionSettings, complete
+    from completion.trigger import CompletionMode
+    from models.pool import EnginePool
+    from models.spec import RoleConfig
 
     source = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return \n\n\nprint(fibonacci(10))\n'
-    with start_engine(ModelSpec()) as engine:
-        completion = complete_single_line(engine, source, Cursor(line=4, column=11))
+    pool = EnginePool(RoleConfig())
+    try:
+        request = CompletionRequest(source, source.index("return \n") + len("return "), "python")
+        completion = asyncio.run(complete(request, CompletionSettings(), EngineBackend(pool)))
+    finally:
+        pool.close()
+    assert completion.mode == CompletionMode.SINGLE_LINE
     assert completion.text.replace(" ", "") == "fibonacci(n-1)+fibonacci(n-2)"
-    assert completion.result.stats.prompt_tokens > 20
+    assert completion.stats["prompt_tokens"] > 20
