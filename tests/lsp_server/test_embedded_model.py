@@ -1,0 +1,46 @@
+"""The real thing, once: `fimble lsp` with the embedded Qwen2.5-Coder-0.5B behind the daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import pytest
+from lsprotocol import types
+
+from tests.lsp_server.conftest import FIMBLE, inline_at, open_document, start_client
+
+FIB = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return \n\n\nprint(fibonacci(10))\n'
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    # No config file: every role is the embedded model. The model cache is the user's, so the
+    # conversion done by any earlier run is reused.
+    with tempfile.TemporaryDirectory(prefix="fimble-emb-") as runtime:
+        env = dict(os.environ, FIMBLE_CONFIG=str(tmp_path / "absent.toml"), FIMBLE_RUNTIME_DIR=runtime)
+        yield env
+        subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+async def test_ghost_text_from_the_embedded_model(embedded_env):
+    client = await start_client(embedded_env, initialization_options={"maxDebounceMs": 0})
+    try:
+        open_document(client, "file:///work/fib.py", FIB)
+        single = await inline_at(client, "file:///work/fib.py", 4, 11)
+        assert [item.insert_text.replace(" ", "") for item in single.items] == ["fibonacci(n-1)+fibonacci(n-2)"]
+
+        body = "def count_vowels(text):\n    \n"
+        open_document(client, "file:///work/vowels.py", body)
+        multi = await inline_at(client, "file:///work/vowels.py", 1, 4, invoked=True)
+        (item,) = multi.items
+        lines = item.insert_text.splitlines()
+        assert len(lines) >= 2 and "return" in item.insert_text
+        # The body parses: the file with the completion inserted compiles.
+        compile(body.replace("    \n", "    " + item.insert_text + "\n"), "vowels.py", "exec")
+        assert item.range.start == types.Position(1, 4)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
