@@ -314,7 +314,7 @@ async def run_tasks(session: FimbleSession, tasks: list[InfillTask], label: str,
         progress.checks.append(checker.submit(check, task, answer, limits))
         if done % PROGRESS_EVERY == 0 or done == len(tasks):
             progress.report(done)
-    return [future.result() for future in progress.checks]
+    return list(await asyncio.gather(*(asyncio.wrap_future(check) for check in progress.checks)))
 
 
 # --- Summaries ------------------------------------------------------------------------------------
