@@ -173,7 +173,7 @@ def run_models() -> int:
     for role in Role:
         spec = roles.spec_for(role)
         state = embedded_checkpoint_state() if spec.source == EMBEDDED else source_state(spec.source)
-        quantization = spec.quantization or "auto (int8-dynamic on CPU, bf16 on GPU)"
+        quantization = spec.quantization or "auto (int8-weight-only on CPU, bf16 on GPU)"
         print(f"{role.config_name:12} {spec.source:40} quantization={quantization} device={spec.device}  [{state}]")
     return 0
 

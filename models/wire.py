@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,19 @@ class FrameTooLargeError(ProtocolError):
 
 
 def runtime_dir() -> Path:
-    """The user's private runtime directory (created 0700): socket, lock and log live here."""
-    path = Path(os.environ.get("FIMBLE_RUNTIME_DIR") or platformdirs.user_runtime_dir("fimble"))
+    """The user's private runtime directory (created 0700): socket, lock and log live here.
+
+    Without XDG_RUNTIME_DIR, platformdirs falls back to /tmp/runtime-<uid>, which anyone could
+    create first: a directory we don't own is refused rather than trusted."""
+    if os.environ.get("FIMBLE_RUNTIME_DIR"):
+        path = Path(os.environ["FIMBLE_RUNTIME_DIR"])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback is fine once ownership is checked below
+            path = Path(platformdirs.user_runtime_dir("fimble"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user; set FIMBLE_RUNTIME_DIR to a private directory")
     os.chmod(path, 0o700)
     return path
 
