@@ -77,7 +77,41 @@ class Backend(Protocol):
     ) -> Generated: ...
 
 
+# Only this much text around the cursor is looked at. The prompt holds far less, but finding it
+# means tokenizing and parsing; on a 100,000-line file that would happen on every keystroke.
+MAX_PREFIX_LINES = 2048
+MAX_SUFFIX_LINES = 256
+MAX_SIDE_CHARS = 200_000
+# The prefix is cut at a multiple of this many lines, so the cut (and the cached prompt) stays put
+# while the user types; it matches FimBudget.window_step_lines.
+CUT_STEP_LINES = 32
+
+
+def clip_around_cursor(request: CompletionRequest) -> CompletionRequest:
+    """The request with its text cut to a window around the cursor (a no-op for normal files)."""
+    prefix, suffix = request.prefix, request.suffix
+    lines_before = prefix.count("\n")
+    if lines_before > MAX_PREFIX_LINES:
+        cut_line = (lines_before - MAX_PREFIX_LINES) // CUT_STEP_LINES * CUT_STEP_LINES
+        start = 0
+        for _ in range(cut_line):
+            start = prefix.index("\n", start) + 1
+        prefix = prefix[start:]
+    prefix = prefix[-MAX_SIDE_CHARS:]  # one giant line (minified code): keep its tail
+    end = 0
+    for _ in range(MAX_SUFFIX_LINES):
+        end = suffix.find("\n", end) + 1
+        if end == 0:
+            end = len(suffix)
+            break
+    suffix = suffix[: min(end, MAX_SIDE_CHARS)]
+    if len(prefix) == len(request.prefix) and len(suffix) == len(request.suffix):
+        return request
+    return CompletionRequest(prefix + suffix, len(prefix), request.language_id, request.explicit)
+
+
 async def complete(request: CompletionRequest, settings: CompletionSettings, backend: Backend) -> Completion:
+    request = clip_around_cursor(request)
     mode = decide_mode(request.prefix, request.suffix, request.language_id, request.explicit)
     if mode == CompletionMode.MULTI_LINE and not settings.multi_line:
         mode = CompletionMode.SINGLE_LINE

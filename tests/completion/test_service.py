@@ -1,0 +1,51 @@
+"""The completion service's plain parts: clipping huge documents, the multi-line block-end detector."""
+
+from __future__ import annotations
+
+from completion.service import (
+    CUT_STEP_LINES,
+    MAX_PREFIX_LINES,
+    MAX_SIDE_CHARS,
+    MAX_SUFFIX_LINES,
+    CompletionRequest,
+    block_end_detector,
+    clip_around_cursor,
+    without_control_characters,
+)
+
+
+def test_normal_files_are_not_clipped():
+    request = CompletionRequest("x = 1\ny = \nz = 3\n", 10)
+    assert clip_around_cursor(request) is request
+
+
+def test_a_huge_file_is_clipped_to_a_window_that_stays_put_while_typing():
+    lines = [f"value_{i} = {i}\n" for i in range(100_000)]
+    text = "".join(lines)
+    offset = len("".join(lines[:60_000])) + len("value_60000")
+    clipped = clip_around_cursor(CompletionRequest(text, offset))
+    assert clipped.suffix == "".join(lines[60_000 : 60_000 + MAX_SUFFIX_LINES])[len("value_60000") :]
+    kept = clipped.prefix.count("\n")
+    assert MAX_PREFIX_LINES <= kept < MAX_PREFIX_LINES + CUT_STEP_LINES
+    assert clipped.prefix.startswith("value_")
+    # Typing on the same line (and a few lines further) keeps the same cut.
+    later = text[:offset] + " + 1" + text[offset:]
+    assert clip_around_cursor(CompletionRequest(later, offset + 4)).prefix.startswith(clipped.prefix.split("\n", 1)[0] + "\n")
+
+
+def test_one_giant_line_keeps_its_tail():
+    text = "x" * (3 * MAX_SIDE_CHARS)
+    clipped = clip_around_cursor(CompletionRequest(text, len(text)))
+    assert len(clipped.prefix) == MAX_SIDE_CHARS and clipped.suffix == ""
+
+
+def test_block_end_detector_stops_at_a_dedented_line():
+    ended = block_end_detector("\n    ", "def f(x):\n    ")
+    assert not ended("\n    y = x + 1\n    return y")
+    assert not ended("\n    if y:\n        return y\n")
+    assert ended("\n    return y\n\ndef g")
+    assert ended("\n    y = 1\n\n\n\n")
+
+
+def test_control_characters_are_removed():
+    assert without_control_characters("a\x00b\tc\r\n\x1bd\x7f") == "ab\tc\r\nd"
