@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Callable
-
 from tokenizers import Tokenizer as RustTokenizer
 
 from completion.prompt import QWEN_CODER_STOP_IDS
-from completion.service import Generated
+from completion.service import GenerationCall, Generated
 from models.spec import Role
 
 
@@ -47,23 +45,15 @@ class DaemonBackend:
             self.models[role] = reply
         return self._tokenizers[role]
 
-    async def generate(
-        self,
-        role: Role,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        stop_strings: tuple[str, ...],
-        stop_search_from: int,
-        should_stop: Callable[[str], bool] | None,
-    ) -> Generated:
+    async def generate(self, call: GenerationCall) -> Generated:
         result = await self.client.generate(
-            should_stop=should_stop,
-            role=role.config_name,
-            prompt_ids=prompt_ids,
-            max_new_tokens=max_new_tokens,
+            should_stop=call.should_stop,
+            role=call.role.config_name,
+            prompt_ids=call.prompt_ids,
+            max_new_tokens=call.max_new_tokens,
             stop_token_ids=list(QWEN_CODER_STOP_IDS),
-            stop_strings=list(stop_strings),
-            stop_search_from=stop_search_from,
+            stop_strings=list(call.stop_strings),
+            stop_after_text=call.stop_after_text,
         )
         return Generated(result["text"], result.get("mean_logprob"), result["finish_reason"], result.get("stats", {}))
 
@@ -78,27 +68,21 @@ class EngineBackend:
     async def tokenizer(self, role: Role):
         return (await asyncio.to_thread(self.pool.engine_for, role)).tokenizer
 
-    async def generate(
-        self,
-        role: Role,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        stop_strings: tuple[str, ...],
-        stop_search_from: int,
-        should_stop: Callable[[str], bool] | None,
-    ) -> Generated:
+    async def generate(self, call: GenerationCall) -> Generated:
         from models.engine import GenerationRequest
 
-        engine = await asyncio.to_thread(self.pool.engine_for, role)
+        engine = await asyncio.to_thread(self.pool.engine_for, call.role)
         handle = engine.submit(
-            GenerationRequest(prompt_ids, role, max_new_tokens, QWEN_CODER_STOP_IDS, stop_strings, stop_search_from)
+            GenerationRequest(
+                call.prompt_ids, call.role, call.max_new_tokens, QWEN_CODER_STOP_IDS, call.stop_strings, call.stop_after_text
+            )
         )
 
         def wait() -> None:
             text = ""
             for delta in handle.stream():
                 text += delta
-                if should_stop is not None and should_stop(text):
+                if call.should_stop is not None and call.should_stop(text):
                     handle.cancel()
 
         done = threading.Event()

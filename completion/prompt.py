@@ -18,6 +18,7 @@ pass@1 from 55.8% to 63.5%.
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,19 +139,26 @@ def line_start_to_heal(prefix: str) -> str:
     return prefix[line_start - 1 :]
 
 
+_LEADING_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
 def strip_healed(generated: str, healed: str) -> str:
     """The part of the model's output that goes at the cursor.
 
     The model was asked to write `healed` (a line break and the indentation typed so far) first.
-    Deeper indentation keeps its extra part. Shallower indentation cannot be shown as text inserted
-    at the cursor, so it gives nothing. Output without the line break (rare: the model wrote the
-    line's text straight away) is used as it is.
+    Deeper indentation keeps its extra part. Shallower indentation, or no line break at all, cannot
+    be shown as text inserted at the cursor, so it gives nothing (completion.service asks again
+    without healing when the line break is missing).
     """
+    if healed:
+        # Blank lines first ("\n\n    return x"): the cursor is already on a fresh line, so the
+        # line of code is what belongs there. Of 67 empty answers on HumanEval single-line
+        # (1,033 tasks), this gave 13 a line, and 9 of those pass.
+        while (blank := _LEADING_BLANK_LINE.match(generated)) is not None:
+            generated = generated[blank.end() - 1 :]
     if not healed or generated.startswith(healed):
         return generated[len(healed) :]
-    if generated.startswith("\n"):
-        return ""
-    return generated
+    return ""
 
 
 def first_line(completion: str) -> str:

@@ -253,7 +253,7 @@ class Daemon:
             max_new_tokens=wire.field(message, "max_new_tokens", int, 64),
             stop_token_ids=tuple(int(t) for t in wire.field(message, "stop_token_ids", list, [])),
             stop_strings=tuple(str(s) for s in wire.field(message, "stop_strings", list, [])),
-            stop_search_from=wire.field(message, "stop_search_from", int, 0),
+            stop_after_text=wire.field(message, "stop_after_text", bool, False),
         )
         engine = await self._engine(role)
         handle = engine.submit(request)

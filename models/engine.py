@@ -59,9 +59,10 @@ class GenerationRequest:
     max_new_tokens: int = 64
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
-    # Stop strings match only from this character of the output on: a healed line start
-    # (completion/prompt.py) begins with the "\n" that a single-line stop string would catch.
-    stop_search_from: int = 0
+    # Stop strings match only after the output's first non-whitespace character: a healed line start
+    # (completion/prompt.py) begins with the "\n" (and maybe blank lines) that a single-line stop
+    # string would otherwise catch.
+    stop_after_text: bool = False
 
 
 @dataclass
@@ -303,7 +304,8 @@ class Engine:
         visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
         # progress.text is what has been streamed so far; it only grows.
-        stop_at = _first_stop(text, stop_strings, handle.request.stop_search_from)
+        search_from = len(text) - len(text.lstrip()) if handle.request.stop_after_text else 0
+        stop_at = _first_stop(text, stop_strings, search_from) if search_from < len(text) else None
         if stop_at is not None:
             handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]

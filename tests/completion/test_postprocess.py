@@ -297,3 +297,10 @@ def test_multi_line_completion_that_closes_an_earlier_bracket_parses() -> None:
     assert shown(completion, source, MULTI, "javascript") == (
         "\n  const body = JSON.parse(event.body);\n  return { statusCode: 200, body };\n};"
     )
+
+
+def test_multi_line_stops_where_the_code_below_resumes() -> None:
+    prefix = "def separate(groups):\n    result = []\n"
+    suffix = "\n    for group in groups:\n        result.append(group)\n    return result\n"
+    completion = "    seen = set()\n    for group in groups:\n        if group not in seen:\n            result.append(group)\n"
+    assert postprocess(completion, prefix, suffix, CompletionMode.MULTI_LINE, "python") == "    seen = set()"

@@ -69,7 +69,9 @@ def test_strip_healed_keeps_what_goes_at_the_cursor():
     assert strip_healed("\n    return a + b", "\n    ") == "return a + b"
     assert strip_healed("\n        return a", "\n    ") == "    return a"  # deeper indentation
     assert strip_healed("\nreturn a", "\n    ") == ""  # shallower: not an insertion at the cursor
-    assert strip_healed("    return a", "\n") == "    return a"  # the model skipped the break
+    assert strip_healed("    return a", "\n") == ""  # the model went on with the line above
+    assert strip_healed("\n\n    return a", "\n") == "    return a"  # blank lines first are dropped
+    assert strip_healed("\n  \n\n    return a", "\n    ") == "return a"
     assert strip_healed("x = 1", "") == "x = 1"
 
 

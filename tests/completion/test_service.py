@@ -49,3 +49,9 @@ def test_block_end_detector_stops_at_a_dedented_line():
 
 def test_control_characters_are_removed():
     assert without_control_characters("a\x00b\tc\r\n\x1bd\x7f") == "ab\tc\r\nd"
+
+
+def test_block_end_detector_stops_where_the_code_below_resumes():
+    ended = block_end_detector("\n", "def f(x):\n    y = 1\n", "\n    return y\n")
+    assert not ended("\n    z = y * 2\n    w")
+    assert ended("\n    z = y * 2\n    return y\n")

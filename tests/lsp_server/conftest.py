@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import asyncio
+
 import pytest
 import pytest_asyncio
 from lsprotocol import types
@@ -21,6 +23,7 @@ from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
 from models.config import load_role_config
+from models.daemon_client import DaemonClient
 from models.pool import EnginePool
 
 FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
@@ -128,3 +131,48 @@ async def inline_at(client: LanguageClient, uri: str, line: int, character: int,
             context=types.InlineCompletionContext(trigger_kind=kind),
         )
     )
+
+
+# --- long-running requests: the never-stopping multi_line model ------------------------------------
+
+EMPTY_BODY = "def compute(values):\n    \n"
+LONG = {**QUIET, "maxMultiLineTokens": 1800}
+
+
+def multi_line_request(uri: str) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(1, 4),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+    )
+
+
+async def multi_line_status(daemon: DaemonClient) -> dict:
+    return (await daemon.call("status"))["status"]["roles"]["multi_line"]
+
+
+async def wait_until(predicate, daemon: DaemonClient, timeout_s: float = 60.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        status = await multi_line_status(daemon)
+        if status["state"] == "ready" and predicate(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"daemon status never satisfied the condition: {status}")
+
+
+@pytest.fixture
+async def long_lsp(fimble_env):
+    """A server allowed to write very long multi-line completions (the never-stopping model)."""
+    client = await start_client(fimble_env, initialization_options=LONG)
+    yield client
+    await client.shutdown_session()
+    await client.stop()
+
+
+@pytest.fixture
+async def daemon(in_fimble_env):
+    client = DaemonClient()
+    await client.connect()
+    yield client
+    await client.close()
