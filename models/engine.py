@@ -304,8 +304,7 @@ class Engine:
         visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
         # progress.text is what has been streamed so far; it only grows.
-        search_from = len(text) - len(text.lstrip()) if handle.request.stop_after_text else 0
-        stop_at = _first_stop(text, stop_strings, search_from) if search_from < len(text) else None
+        stop_at = _first_stop(text, stop_strings, handle.request.stop_after_text)
         if stop_at is not None:
             handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]
@@ -380,7 +379,11 @@ def _streamable_length(text: str, stop_strings: tuple[str, ...]) -> int:
     return len(text) - held
 
 
-def _first_stop(text: str, stop_strings: tuple[str, ...], start: int = 0) -> int | None:
+def _first_stop(text: str, stop_strings: tuple[str, ...], after_text: bool = False) -> int | None:
+    """Where the earliest stop string starts; with `after_text`, only after the first non-whitespace."""
+    start = len(text) - len(text.lstrip()) if after_text else 0
+    if after_text and start == len(text):
+        return None
     positions = [i for s in stop_strings if (i := text.find(s, start)) >= 0]
     return min(positions) if positions else None
 

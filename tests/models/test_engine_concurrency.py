@@ -132,3 +132,11 @@ def test_a_multi_character_stop_string_is_never_streamed(make_engine, tiny_loade
     result = handle.result(timeout=30)
     assert result.finish_reason == "stop_string"
     assert streamed == result.text == full_text[: full_text.index(stop_string)]
+
+
+def test_stop_strings_after_text_skip_leading_whitespace():
+    from models.engine import _first_stop
+
+    assert _first_stop("\n\n    return x\n    y", ("\n",)) == 0
+    assert _first_stop("\n\n    return x\n    y", ("\n",), after_text=True) == len("\n\n    return x")
+    assert _first_stop("\n  \n", ("\n",), after_text=True) is None  # nothing but whitespace yet
