@@ -426,7 +426,34 @@ def write_results(single: list[TaskRecord], multi: list[TaskRecord], settings: S
     with open(settings.out.with_name(settings.out.stem + "_tasks.jsonl"), "w") as records_file:
         for record in single + multi:
             records_file.write(json.dumps(asdict(record)) + "\n")
+    plot_abstain_tradeoff(result, settings.out.with_suffix(".png"))
     return result
+
+
+def plot_abstain_tradeoff(result: dict, path: Path) -> None:
+    """Share of single-line suggestions shown against their precision, one point per threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["abstain_tradeoff"], key=lambda r: r["shown_fraction"])
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([r["shown_fraction"] for r in rows], [r["precision"] for r in rows], marker="o")
+    labelled: set[float] = set()
+    for row in rows:  # thresholds that show the same tasks share one point and one label
+        if row["shown_fraction"] in labelled:
+            continue
+        labelled.add(row["shown_fraction"])
+        label = "never abstain" if row["threshold"] is None else f"< {row['threshold']}"
+        axis.annotate(label, (row["shown_fraction"], row["precision"]), textcoords="offset points", xytext=(-10, 6), fontsize=8, ha="right")
+    axis.set_xlabel("share of single-line tasks with a suggestion shown")
+    axis.set_ylabel("precision (shown suggestions that pass)")
+    axis.set_title(f"Abstaining below a mean token logprob (HumanEval single-line, n={result['single_line_n']})", fontsize=10)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:

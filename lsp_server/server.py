@@ -83,15 +83,15 @@ class FimbleServer(LanguageServer):
         if not self.settings.enable:
             return None
         await self.supersede(uri)
-        document = self.workspace.get_text_document(uri)
-        request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
         try:
+            document = self.workspace.get_text_document(uri)
+            request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
             return await complete(request, self.settings.completion(), self.backend)
         except DaemonUnavailableError as error:
             self.tell(f"Fimble: {error}", types.MessageType.Warning)
         except DaemonRequestError as error:
             self.tell(f"Fimble: {error}")
-        except ValueError as error:  # a position past the document's end, say
+        except (ValueError, OSError) as error:  # a document neither open nor readable, say
             log.info("no completion at %s %s: %s", uri, position, error)
         finally:
             if self._in_flight.get(uri) is asyncio.current_task():

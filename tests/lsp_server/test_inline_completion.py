@@ -62,3 +62,10 @@ async def test_nothing_is_offered_inside_a_comment(lsp):
     open_document(lsp, "file:///work/comment.py", "# a note about th\nx = 1\n")
     answer = await inline_at(lsp, "file:///work/comment.py", 0, 17)
     assert list(answer.items) == []
+
+
+async def test_a_document_never_opened_and_not_on_disk_gets_nothing(lsp):
+    answer = await inline_at(lsp, "file:///nowhere/missing.py", 0, 0)
+    assert list(answer.items) == []
+    open_document(lsp, "file:///work/after.py", SOURCE)
+    assert (await inline_at(lsp, "file:///work/after.py", 4, 20)).items  # the server lives on
