@@ -437,7 +437,8 @@ def plot_abstain_tradeoff(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(result["abstain_tradeoff"], key=lambda r: r["shown_fraction"])
+    # A threshold that shows nothing has no precision: it is not a point.
+    rows = sorted((r for r in result["abstain_tradeoff"] if r["precision"] is not None), key=lambda r: r["shown_fraction"])
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot([r["shown_fraction"] for r in rows], [r["precision"] for r in rows], marker="o")
     labelled: set[float] = set()
