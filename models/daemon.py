@@ -39,13 +39,11 @@ class DaemonAlreadyRunningError(RuntimeError):
 class DaemonConfig:
     # With no client connected for this long, the daemon exits and frees the model's memory.
     idle_exit_s: float = float(os.environ.get("FIMBLE_DAEMON_IDLE_S", 300))
-    # Latency samples kept per role for `fimble daemon status`.
-    latency_window: int = 500
 
 
 @dataclass
 class RoleStats:
-    """Rolling latency figures of one role."""
+    """Rolling latency figures of one role (the last 500 requests) for `fimble daemon status`."""
 
     ttft_s: deque = field(default_factory=lambda: deque(maxlen=500))
     total_s: deque = field(default_factory=lambda: deque(maxlen=500))
@@ -211,8 +209,8 @@ class Daemon:
             request_id, op = wire.validate_request(message)
             handler = getattr(self, f"_{op}")
             await handler(connection, request_id, message)
-        except (ConnectionError, asyncio.CancelledError):
-            raise
+        except ConnectionError:
+            return  # the client left mid-request; its requests were cancelled with the connection
         except Exception as error:  # every failure becomes an error reply; the daemon lives on
             if not isinstance(error, (wire.ProtocolError, ValueError)):
                 log.exception("request %s failed", request_id)
