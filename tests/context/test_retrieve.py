@@ -1,0 +1,69 @@
+"""Retrieval's plain parts on real-looking code: similar chunks, dedupe, budget and the
+repository-level prompt format."""
+
+from __future__ import annotations
+
+from context.retrieve import (
+    FILE_SEP,
+    REPO_NAME,
+    Snippet,
+    dedupe,
+    format_repo_context,
+    identifiers,
+    jaccard,
+    similar_chunks,
+)
+
+CLIENT = '''class Client:
+    def __init__(self, base_url, session):
+        self.base_url = base_url
+        self.session = session
+
+    def get_user(self, user_id):
+        return self.session.request("GET", f"{self.base_url}/users/{user_id}")
+
+    def delete_user(self, user_id):
+        return self.session.request("DELETE", f"{self.base_url}/users/{user_id}")
+'''
+UNRELATED = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n"
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def test_identifiers_skip_keywords_and_single_letters():
+    assert identifiers("def get_user(self, x):\n    return self.session") == {"get_user", "session"}
+
+
+def test_jaccard():
+    assert jaccard(frozenset({"a", "b"}), frozenset({"b", "c"})) == 1 / 3
+    assert jaccard(frozenset(), frozenset({"b"})) == 0.0
+
+
+def test_the_most_similar_chunk_comes_from_the_related_file():
+    cursor_code = "client = Client(base_url, session)\nuser = client.get_user(user_id)\nclient."
+    found = similar_chunks(cursor_code, {"api/client.py": CLIENT, "geometry.py": UNRELATED})
+    assert found and found[0].path == "api/client.py"
+    assert all(snippet.path != "geometry.py" for snippet in found)
+
+
+def test_dedupe_drops_text_contained_in_a_better_snippet():
+    whole = Snippet("a.py", CLIENT, 0.9)
+    part = Snippet("a.py", "    def get_user(self, user_id):\n", 0.5)
+    other = Snippet("b.py", UNRELATED, 0.4)
+    assert dedupe([whole, part, other]) == [whole, other]
+
+
+def test_format_keeps_the_best_snippets_within_budget_in_stable_order():
+    snippets = [
+        Snippet("zeta.py", "def zeta():\n    pass\n", 0.2, stability=0),
+        Snippet("alpha.py", "def alpha():\n    pass\n", 0.9, stability=1),
+        Snippet("big.py", "word " * 500, 0.5, stability=0),
+    ]
+    context = format_repo_context("shop", snippets, "app/main.py", count_words, budget_tokens=40)
+    assert context.startswith(f"{REPO_NAME}shop\n{FILE_SEP}zeta.py\ndef zeta():")
+    assert f"{FILE_SEP}alpha.py\n" in context and "big.py" not in context  # over budget
+    assert context.endswith(f"{FILE_SEP}app/main.py\n")
+    assert count_words(context) <= 40
+    assert format_repo_context("shop", [], "app/main.py", count_words, 40) == ""
