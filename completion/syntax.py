@@ -1,57 +1,38 @@
 """Tree-sitter grammars, and the lexical facts about a language that the completion path needs.
 
-This is the one place grammars are loaded. Each comes from its own PyPI wheel (no grammar is
-downloaded or compiled at run time) and is loaded once per process. A language without a grammar
-gets `None`; its callers fall back to the text heuristics at the end of this module.
+Grammars are loaded in one place, `context/languages.py` (one PyPI wheel per language, nothing
+downloaded or compiled at run time). A language without a grammar gets `None`; its callers fall
+back to the text heuristics at the end of this module.
 
 Trees are parsed from UTF-8, so every offset into a tree is a byte offset, not a character index.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cached_property
 
 from tree_sitter import Language, Node, Parser, Tree
 
-# LSP languageId -> (module of the grammar wheel, function in it that returns the language pointer).
-_GRAMMARS: dict[str, tuple[str, str]] = {
-    "python": ("tree_sitter_python", "language"),
-    "javascript": ("tree_sitter_javascript", "language"),
-    "javascriptreact": ("tree_sitter_javascript", "language"),  # the JavaScript grammar parses JSX
-    "typescript": ("tree_sitter_typescript", "language_typescript"),
-    "typescriptreact": ("tree_sitter_typescript", "language_tsx"),
-    "go": ("tree_sitter_go", "language"),
-    "rust": ("tree_sitter_rust", "language"),
-}
+from context import languages
 
-
-@cache
-def _load_grammar(module_name: str, function_name: str) -> Language | None:
-    # A missing wheel (or one built for another tree-sitter ABI) degrades to the heuristics
-    # instead of failing every completion in that language.
-    try:
-        module = importlib.import_module(module_name)
-        return Language(getattr(module, function_name)())
-    except (ImportError, AttributeError, ValueError):
-        return None
+# The languages whose trees the completion path's checks (trigger, post-processing) were tested
+# on. The index parses more (Java, C, C++, Ruby); here those keep the text heuristics until tested:
+# an unterminated C `/* ...` parses as an ERROR node, not a comment, so the trigger would not see it.
+_COMPLETION_LANGUAGES = frozenset(
+    {"python", "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust"}
+)
 
 
 def language_for(language_id: str) -> Language | None:
-    """The grammar for an LSP languageId, or None when we ship none for it."""
-    grammar = _GRAMMARS.get(language_id)
-    return _load_grammar(*grammar) if grammar else None
+    """The grammar for an LSP languageId, or None when the completion path uses no grammar for it."""
+    return languages.language_for(language_id) if language_id in _COMPLETION_LANGUAGES else None
 
 
 def parse(text: str, language_id: str) -> Tree | None:
-    """Parse a whole document; None when the language has no grammar."""
-    language = language_for(language_id)
-    if language is None:
-        return None
-    # A Parser costs well under a microsecond to make, and one per call is safe across threads.
-    return Parser(language).parse(text.encode("utf-8"))
+    """Parse a whole document; None when the language has no grammar here."""
+    return languages.parse(text, language_id) if language_id in _COMPLETION_LANGUAGES else None
 
 
 def parse_with_insertion(tree: Tree, before: str, inserted: str, after: str, language_id: str) -> Tree | None:
