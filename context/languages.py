@@ -244,9 +244,19 @@ def _is_python_method(node: Node) -> bool:
 def _symbol(name_node: Node, range_node: Node, kind: str, is_definition: bool, lines: list[str]) -> Symbol:
     start_line, start_column = _code_point_position(range_node.start_point, lines)
     end_line, end_column = _code_point_position(range_node.end_point, lines)
-    signature = lines[start_line].strip()[:200] if is_definition else ""
+    signature = _signature_line(start_line, name_node.start_point[0], lines) if is_definition else ""
     name = (name_node.text or b"").decode("utf-8", errors="replace")
     return Symbol(name, kind, is_definition, start_line, start_column, end_line, end_column, signature)
+
+
+def _signature_line(start_row: int, name_row: int, lines: list[str]) -> str:
+    """The definition's first line, stripped and cut at 200 characters, skipping the lines of
+    annotations and decorators above the name (Java's `@Override`, TypeScript's `@Input()`), which
+    tell nothing about what the definition is."""
+    for row in range(start_row, name_row):
+        if not lines[row].strip().startswith("@"):
+            return lines[row].strip()[:200]
+    return lines[name_row].strip()[:200]
 
 
 def _code_point_position(point: tuple[int, int], lines: list[str]) -> tuple[int, int]:
