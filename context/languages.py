@@ -180,6 +180,10 @@ def extract_symbols(text: str, language_id: str, old_tree: Tree | None = None) -
     return None if tree is None else symbols_from_tree(tree, text, language_id)
 
 
+# A match's other captures are @name, @doc (unused) and helpers such as Ruby's @ignore.
+_TAG_PREFIXES = ("definition.", "reference.")
+
+
 def symbols_from_tree(tree: Tree, text: str, language_id: str) -> FileSymbols:
     """The symbols of an already parsed file (so a caller that keeps the tree for incremental
     parsing doesn't parse twice)."""
@@ -194,7 +198,7 @@ def symbols_from_tree(tree: Tree, text: str, language_id: str) -> FileSymbols:
     matches = sorted(QueryCursor(query).matches(tree.root_node), key=lambda match: match[0])
     for pattern_index, captures in matches:
         names = captures.get("name")
-        tag = next((capture for capture in captures if capture.startswith(("definition.", "reference."))), None)
+        tag = next((capture for capture in captures if capture.startswith(_TAG_PREFIXES)), None)
         if not names or tag is None or _excluded_local(query, pattern_index, names[0]):
             continue
         name_node, tagged_node = names[0], captures[tag][0]
@@ -238,7 +242,9 @@ def _is_python_method(node: Node) -> bool:
     parent = node.parent
     if parent is not None and parent.type == "decorated_definition":
         parent = parent.parent
-    return parent is not None and parent.type == "block" and parent.parent is not None and parent.parent.type == "class_definition"
+    if parent is None or parent.type != "block":
+        return False
+    return parent.parent is not None and parent.parent.type == "class_definition"
 
 
 def _symbol(name_node: Node, range_node: Node, kind: str, is_definition: bool, lines: list[str]) -> Symbol:
