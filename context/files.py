@@ -22,6 +22,7 @@ virtualenv and uv all write that file), and `.ssh`, `.gnupg`, `.aws` directories
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
@@ -112,12 +113,22 @@ class Skipped:
 
 
 class UnindexableFile(Exception):
-    """A file that must stay out of the index; `reason` says why and starts with its `kind`."""
+    """A file that must stay out of the index. `reason` says why; `kind` is its `SkipKind`, taken
+    from the reason's leading word when not given (None for a reason from outside this module)."""
 
-    def __init__(self, kind: SkipKind, detail: str) -> None:
-        self.kind = kind
-        self.reason = f"{kind}: {detail}"
-        super().__init__(self.reason)
+    def __init__(self, reason: str, kind: SkipKind | None = None) -> None:
+        self.reason = reason
+        self.kind = kind if kind is not None else _kind_of(reason)
+        super().__init__(reason)
+
+
+def _kind_of(reason: str) -> SkipKind | None:
+    prefix = reason.split(":", 1)[0]
+    return SkipKind(prefix) if prefix in SkipKind._value2member_map_ else None
+
+
+def _unindexable(kind: SkipKind, detail: str) -> UnindexableFile:
+    return UnindexableFile(f"{kind}: {detail}", kind)
 
 
 SkipCallback = Callable[[Skipped], None]
@@ -315,24 +326,24 @@ def read_source(path: Path, limits: FileLimits = FileLimits()) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        kind = SkipKind.SYMLINK if exc.errno == getattr(os, "ELOOP", 40) else SkipKind.UNREADABLE
-        raise UnindexableFile(kind, exc.strerror or str(exc)) from exc
+        kind = SkipKind.SYMLINK if exc.errno == errno.ELOOP else SkipKind.UNREADABLE
+        raise _unindexable(kind, exc.strerror or str(exc)) from exc
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise UnindexableFile(SkipKind.NOT_REGULAR, "a FIFO or device could block or never end")
+            raise _unindexable(SkipKind.NOT_REGULAR, "a FIFO or device could block or never end")
         data = handle.read(limits.max_bytes + 1)
     if len(data) > limits.max_bytes:
-        raise UnindexableFile(SkipKind.TOO_LARGE, f"more than {limits.max_bytes} bytes")
+        raise _unindexable(SkipKind.TOO_LARGE, f"more than {limits.max_bytes} bytes")
     if b"\0" in data[: limits.binary_sniff_bytes]:
-        raise UnindexableFile(SkipKind.BINARY, f"NUL byte in the first {limits.binary_sniff_bytes} bytes")
+        raise _unindexable(SkipKind.BINARY, f"NUL byte in the first {limits.binary_sniff_bytes} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnindexableFile(SkipKind.NOT_UTF8, f"invalid byte at offset {exc.start}") from exc
+        raise _unindexable(SkipKind.NOT_UTF8, f"invalid byte at offset {exc.start}") from exc
     credential = secret_content_kind(text)
     if credential is not None:
-        raise UnindexableFile(SkipKind.SECRET_CONTENT, f"looks like a {credential}")
+        raise _unindexable(SkipKind.SECRET_CONTENT, f"looks like a {credential}")
     return text
 
 
