@@ -93,6 +93,7 @@ class SkipKind(StrEnum):
     SYMLINK = "symlink"
     NOT_REGULAR = "not a regular file"
     PRUNED_DIR = "pruned directory"
+    OUTSIDE_WORKSPACE = "outside the workspace"
     UNREADABLE = "unreadable"
 
 
@@ -182,7 +183,8 @@ def _read_patterns(path: Path) -> list[str]:
 
 
 class IgnoreRules:
-    """The ignore files of one workspace, loaded lazily per directory and cached.
+    """The ignore files of one workspace, loaded lazily per directory and cached for the life of
+    the object: make a new one after an ignore file changes.
 
     Git's precedence: the ignore files nearest to a path win (a nested `.gitignore` can negate its
     parent's pattern); within one directory the last matching pattern wins; `.git/info/exclude`
@@ -225,8 +227,6 @@ class IgnoreRules:
 
 # ---------------------------------------------------------------------------------------------
 # Name and stat rules (no content read)
-
-
 
 
 def _stat_reason(mode: int, size: int, limits: FileLimits) -> str | None:
@@ -347,21 +347,32 @@ def read_source(path: Path, limits: FileLimits = FileLimits()) -> str:
     return text
 
 
+def _workspace_relative(root: Path, path: Path) -> Path | None:
+    """`path` relative to `root`, lexically (`..` collapsed, symlinks kept so the caller can refuse
+    them); None when outside. Tries the root as given, then resolved, so both spellings work."""
+    candidate = Path(os.path.abspath(root / path))
+    for base in (Path(os.path.abspath(root)), root.resolve()):
+        if candidate.is_relative_to(base):
+            return candidate.relative_to(base)
+    return None
+
+
 def skip_reason(
     root: Path, path: Path, limits: FileLimits = FileLimits(), rules: IgnoreRules | None = None
 ) -> str | None:
     """Why one file under `root` must not be indexed, or None; reads the file. Pass `rules` to
     reuse loaded ignore files across calls (the watcher does)."""
+    relative = _workspace_relative(root, path)
     root = root.resolve()
-    path = root / path if not path.is_absolute() else path
-    path = path.parent.resolve() / path.name  # resolve parents, never the file itself (a symlink)
-    try:
-        relative = path.relative_to(root)
-    except ValueError:
-        return f"{SkipKind.IGNORED}: outside the workspace {root}"
+    if relative is None:
+        return f"{SkipKind.OUTSIDE_WORKSPACE}: not under {root}"
+    path = root / relative
     rules = rules or IgnoreRules(root)
-    for parent in reversed(list(relative.parents)[:-1]):
-        reason = _dir_reason(rules, root / parent)
+    for parent in reversed(list(relative.parents)[:-1]):  # from the top down, without "." itself
+        directory = root / parent
+        # The walk never descends through a directory symlink, so neither may a single path.
+        reason = f"{SkipKind.SYMLINK}: {parent} is not followed" if directory.is_symlink() else None
+        reason = reason or _dir_reason(rules, directory)
         if reason is not None:
             return reason
     reason = _file_name_reason(rules, path)

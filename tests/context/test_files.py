@@ -264,7 +264,22 @@ def test_symlink_loops_and_links_out_of_the_workspace_are_not_followed(tmp_path:
     for link in ("src/loop", "self", "out", "innocent.py"):
         assert skipped[link].startswith(SkipKind.SYMLINK)
     assert skip_reason(root, root / "innocent.py").startswith(SkipKind.SYMLINK)
-    assert skip_reason(root, root / "out" / "stolen.py").startswith(SkipKind.IGNORED)  # outside
+    # One path at a time (the watcher's view) gets the same answers as the walk.
+    assert skip_reason(root, root / "out" / "stolen.py").startswith(SkipKind.SYMLINK)
+    assert skip_reason(root, root / "src" / "loop" / "src" / "a.py").startswith(SkipKind.SYMLINK)
+    assert skip_reason(root, Path("../outside/stolen.py")).startswith(SkipKind.OUTSIDE_WORKSPACE)
+    assert skip_reason(root, outside / "stolen.py").startswith(SkipKind.OUTSIDE_WORKSPACE)
+    assert skip_reason(root, Path("src/a.py")) is None
     with pytest.raises(UnindexableFile) as caught:
         read_source(root / "innocent.py")
     assert caught.value.kind is SkipKind.SYMLINK
+
+
+def test_a_workspace_opened_through_a_symlink_accepts_both_spellings(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    write(real, "src/a.py")
+    alias = tmp_path / "alias"
+    alias.symlink_to(real, target_is_directory=True)
+    assert skip_reason(alias, alias / "src" / "a.py") is None
+    assert skip_reason(alias, real / "src" / "a.py") is None
+    assert [p.name for p in iter_workspace_files(alias)] == ["a.py"]
