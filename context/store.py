@@ -1,7 +1,8 @@
 """The on-disk index of one workspace: a msgpack file under the user cache dir.
 
     <cache>/index/<sha256(resolved root)[:16]>.msgpack
-    {"schema": SCHEMA_VERSION, "root": "/abs/root", "entries": [[path, size, mtime_ns, sha256, language_id, symbols], ...]}
+    {"schema": SCHEMA_VERSION, "root": "/abs/root",
+     "entries": [[path, size, mtime_ns, sha256, language_id, symbols], ...]}
 
 Entries are rows, not maps, so field names are not repeated 20,000 times, and the hash is stored as
 32 raw bytes rather than 64 hex characters. Size of one row: path (its length + 1-2) + size and
@@ -13,7 +14,8 @@ signature; filled by the indexer). Measured on the dev machine, 20,000 files: 1.
 The store is a cache: anything wrong with the file (corrupt, another schema, another workspace)
 is logged as a WARNING and read as an empty index, which the indexer rebuilds; never an exception.
 Writes go to a temporary file in the same directory, fsynced, then `os.replace`d, so a crash or a
-full disk mid-save leaves the previous file whole.
+full disk mid-save leaves the previous file whole, and two processes saving at once (two editors on
+one workspace) each write their own temporary file: the last rename wins, nothing is torn.
 """
 
 from __future__ import annotations

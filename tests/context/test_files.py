@@ -139,7 +139,9 @@ SECRET_NAMES = [
     "secrets.yaml", "secrets.toml", "SERVER.PEM", "terraform.tfstate",
 ]  # fmt: skip
 
-PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----\n"
+PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----\n"
+)
 SECRET_CONTENTS = {
     "rsa_key_in_code.py": 'KEY = """-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n"""\n',
     "openssh.txt": PRIVATE_KEY,
@@ -174,7 +176,9 @@ def test_secret_file_names_are_never_indexed_even_when_negated(negating_ignore_f
 
 
 @pytest.mark.parametrize("name", sorted(SECRET_CONTENTS))
-def test_files_holding_credentials_are_never_indexed_even_when_negated(negating_ignore_files: Path, name: str) -> None:
+def test_files_holding_credentials_are_never_indexed_even_when_negated(
+    negating_ignore_files: Path, name: str
+) -> None:
     root = negating_ignore_files
     path = write(root, name, SECRET_CONTENTS[name])
     with pytest.raises(UnindexableFile) as caught:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -17,7 +18,8 @@ from context.store import SCHEMA_VERSION, FileEntry, IndexStore, StoreSaveError,
 
 
 def entry(path: str, content: bytes = b"x = 1\n", symbols: list | None = None) -> FileEntry:
-    return FileEntry(path, len(content), 1_700_000_000_123_456_789, hashlib.sha256(content).hexdigest(), "python", symbols or [])
+    digest = hashlib.sha256(content).hexdigest()
+    return FileEntry(path, len(content), 1_700_000_000_123_456_789, digest, "python", symbols or [])
 
 
 SYMBOL = {"name": "Client", "kind": "class", "start_line": 3, "end_line": 40, "signature": "class Client(Base):"}
@@ -134,9 +136,14 @@ def valid_document(store: IndexStore) -> dict:
         (lambda s: write_document(s, {**valid_document(s), "entries": [["a.py"]]}), "corrupt"),
         (lambda s: write_document(s, {**valid_document(s), "entries": None}), "corrupt"),
     ],
-    ids=["garbage", "truncated", "empty", "not-a-map", "old-schema", "no-schema", "other-root", "bad-row", "short-row", "no-entries"],
-)
-def test_unusable_store_is_rebuilt_with_a_warning(store: IndexStore, caplog: pytest.LogCaptureFixture, damage, says: str) -> None:
+    ids=[
+        "garbage", "truncated", "empty", "not-a-map", "old-schema", "no-schema", "other-root",
+        "bad-row", "short-row", "no-entries",
+    ],
+)  # fmt: skip
+def test_unusable_store_is_rebuilt_with_a_warning(
+    store: IndexStore, caplog: pytest.LogCaptureFixture, damage: Callable[[IndexStore], object], says: str
+) -> None:
     store.save({"a.py": entry("a.py", symbols=[SYMBOL])})
     damage(store)
     caplog.set_level(logging.WARNING, logger="context.store")
