@@ -362,6 +362,28 @@ def skip_reason(
 ) -> str | None:
     """Why one file under `root` must not be indexed, or None; reads the file. Pass `rules` to
     reuse loaded ignore files across calls (the watcher does)."""
+    reason = path_reason(root, path, rules)
+    if reason is not None:
+        return reason
+    path = root.resolve() / _workspace_relative(root, path)
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return f"{SkipKind.UNREADABLE}: {exc.strerror}"
+    reason = _stat_reason(st.st_mode, st.st_size, limits)
+    if reason is not None:
+        return reason
+    try:
+        read_source(path, limits)
+    except UnindexableFile as exc:
+        return exc.reason
+    return None
+
+
+def path_reason(root: Path, path: Path, rules: IgnoreRules | None = None) -> str | None:
+    """Why a path must not be indexed, from its name and directories alone (ignore files, secret
+    names, symlinked directories, outside the workspace); None when its contents decide. For text
+    that does not come from the disk, such as an editor's unsaved buffer."""
     relative = _workspace_relative(root, path)
     root = root.resolve()
     if relative is None:
@@ -375,18 +397,4 @@ def skip_reason(
         reason = reason or _dir_reason(rules, directory)
         if reason is not None:
             return reason
-    reason = _file_name_reason(rules, path)
-    if reason is not None:
-        return reason
-    try:
-        st = path.lstat()
-    except OSError as exc:
-        return f"{SkipKind.UNREADABLE}: {exc.strerror}"
-    reason = _stat_reason(st.st_mode, st.st_size, limits)
-    if reason is not None:
-        return reason
-    try:
-        read_source(path, limits)
-    except UnindexableFile as exc:
-        return exc.reason
-    return None
+    return _file_name_reason(rules, path)

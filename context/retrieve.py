@@ -108,3 +108,93 @@ def format_repo_context(
 def _file_block(snippet: Snippet) -> str:
     text = snippet.text if snippet.text.endswith("\n") else snippet.text + "\n"
     return f"{FILE_SEP}{snippet.path}\n{text}"
+
+
+# --- Definitions through the index -----------------------------------------------------------------
+
+_PY_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+[\w.]+[ \t]+import[ \t]+(?:\(([^)]*)\)|([^\n#]+))|import[ \t]+([\w.]+(?:[ \t]*,[ \t]*[\w.]+)*))",
+    re.MULTILINE,
+)
+# Lines before the cursor whose identifiers count as "near" it.
+NEAR_CURSOR_LINES = 12
+MAX_DEFINITION_LINES = 12
+
+
+def names_near_cursor(prefix: str, suffix: str) -> list[str]:
+    """Identifiers on the lines around the cursor, the closest first (the cursor's own line first)."""
+    before = prefix.split("\n")[-NEAR_CURSOR_LINES:]
+    after_line = suffix.split("\n", 1)[0]
+    ordered: list[str] = []
+    for line in [before[-1] + after_line, *reversed(before[:-1])]:
+        for name in reversed(_IDENTIFIER.findall(line)):
+            if len(name) > 1 and name not in _COMMON_WORDS and name not in ordered:
+                ordered.append(name)
+    return ordered
+
+
+def imported_names(text: str) -> list[str]:
+    """Names a Python file imports (`from a import b, c` gives b and c; `import a.b` gives a)."""
+    names: list[str] = []
+    for parenthesized, from_names, modules in _PY_IMPORT.findall(text):
+        for name in (parenthesized or from_names).replace("\n", " ").split(","):
+            name = name.split(" as ")[0].strip()
+            if name and name != "*":
+                names.append(name)
+        for module in (modules or "").split(","):
+            if module.strip():
+                names.append(module.strip().split(".")[0])
+    return names
+
+
+def definition_snippet(lines: list[str], start: int, end: int, members: list[tuple[int, str]]) -> str:
+    """A definition as the model should see it: short ones whole; long ones as their header and
+    the signatures of their members (a class's methods), so `client.` sees every method name."""
+    if end - start + 1 <= MAX_DEFINITION_LINES:
+        return "".join(lines[start : end + 1])
+    header = lines[start : start + 2]
+    signatures = [line for line_number, line in sorted(members) if start < line_number <= end]
+    return "".join(header + signatures)
+
+
+def definition_snippets(index, current_path: str, prefix: str, suffix: str, read_text: Callable[[str], str | None]) -> list[Snippet]:
+    """Definitions, found through the index (`context.indexer.WorkspaceIndex`), of the names near
+    the cursor (scored higher, the closest highest) and of the names the file imports."""
+    near = names_near_cursor(prefix, suffix)
+    imports = [name for name in imported_names(prefix + suffix) if name not in near]
+    snippets: list[Snippet] = []
+    for rank, name in enumerate(near + imports):
+        score = (2.0 if rank < len(near) else 1.0) / (1 + rank)
+        for definition in index.definitions(name)[:3]:
+            if definition.path == current_path or (text := read_text(definition.path)) is None:
+                continue
+            symbol = definition.symbol
+            lines = text.splitlines(keepends=True)
+            members = [
+                (fields["start_line"], lines[fields["start_line"]])
+                for fields in index.entries[definition.path].symbols
+                if symbol.start_line < fields["start_line"] <= symbol.end_line and fields["start_line"] < len(lines)
+            ]
+            body = definition_snippet(lines, symbol.start_line, min(symbol.end_line, len(lines) - 1), members)
+            snippets.append(Snippet(definition.path, body, score, stability=0))
+    return dedupe(sorted(snippets, key=lambda s: s.score, reverse=True))
+
+
+def repository_context(
+    index,
+    current_path: str,
+    prefix: str,
+    suffix: str,
+    recent_files: dict[str, str],
+    count_tokens: Callable[[str], int],
+    budget_tokens: int,
+    read_text: Callable[[str], str | None],
+) -> str:
+    """The whole context slot for a cursor: definitions first, then chunks of recent files like
+    the code before the cursor, within the budget, in the repository-level format."""
+    definitions = definition_snippets(index, current_path, prefix, suffix, read_text)
+    others = {path: text for path, text in recent_files.items() if path != current_path}
+    near_code = "\n".join(prefix.split("\n")[-NEAR_CURSOR_LINES:])
+    chunks_like_here = similar_chunks(near_code, others)
+    snippets = dedupe(definitions + chunks_like_here)
+    return format_repo_context(index.root.name, snippets, current_path, count_tokens, budget_tokens)
