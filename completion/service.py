@@ -8,6 +8,7 @@ in-process engine for `fimble complete` (EngineBackend); both run the same code 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -27,6 +28,8 @@ class CompletionSettings:
     max_single_line_tokens: int = 48
     max_multi_line_tokens: int = 160
     budget: FimBudget = FimBudget()
+    # Repository context in front of the FIM prompt (context/retrieve.py); 0 turns it off.
+    context_tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class Completion:
     # Why the text is empty: "trigger", "abstained", "postprocess", "model"; "" when there is text.
     empty_because: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    context_files: tuple[str, ...] = ()  # the other files whose code was in the prompt
+
+
+# Given the tokenizer (to count the budget) and the budget, the repository context for the cursor.
+ContextSource = Callable[[Tokenizer, int], str]
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,9 @@ def clip_around_cursor(request: CompletionRequest) -> CompletionRequest:
     return CompletionRequest(prefix + suffix, len(prefix), request.language_id, request.explicit)
 
 
-async def complete(request: CompletionRequest, settings: CompletionSettings, backend: Backend) -> Completion:
+async def complete(
+    request: CompletionRequest, settings: CompletionSettings, backend: Backend, context_source: ContextSource | None = None
+) -> Completion:
     request = clip_around_cursor(request)
     mode = decide_mode(request.prefix, request.suffix, request.language_id, request.explicit)
     if mode == CompletionMode.MULTI_LINE and not settings.multi_line:
@@ -124,24 +134,29 @@ async def complete(request: CompletionRequest, settings: CompletionSettings, bac
         return Completion("", mode, empty_because="trigger")
     role = ROLE_FOR_MODE[mode]
     tokenizer = await backend.tokenizer(role)
-    prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget)
+    context = ""
+    if context_source is not None and settings.context_tokens > 0:
+        # Retrieval parses and tokenizes: keep it off the event loop that serves keystrokes.
+        context = await asyncio.to_thread(context_source, tokenizer, settings.context_tokens)
+    prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget, context)
     generated = await backend.generate(generation_call(prompt, mode, request, settings))
     if prompt.healed and generated.finish_reason != "error" and not generated.text.startswith("\n"):
         # Asked to start the cursor's line, the model went on with the line above ("0", "= []").
         # That text doesn't belong at the cursor: ask again with the plain prompt, which shares
         # all but its last token with this one in the prefix cache. On HumanEval single-line,
         # 25 of 1,033 tasks took this path, and their healed answers all failed.
-        prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget, heal=False)
+        prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget, context, heal=False)
         generated = await backend.generate(generation_call(prompt, mode, request, settings))
     if generated.finish_reason == "error":
         return Completion("", mode, generated.mean_logprob, "model", generated.stats)
+    files = context_files(context)
     raw = without_control_characters(strip_healed(generated.text, prompt.healed))
     text = postprocess(raw, request.prefix, request.suffix, mode, request.language_id)
     # A completion the user asked for is shown even when the model is unsure.
     threshold = None if request.explicit else settings.abstain_below_logprob
     if text and threshold is not None and generated.mean_logprob is not None and generated.mean_logprob < threshold:
-        return Completion("", mode, generated.mean_logprob, "abstained", generated.stats)
-    return Completion(text, mode, generated.mean_logprob, "" if text else "postprocess", generated.stats)
+        return Completion("", mode, generated.mean_logprob, "abstained", generated.stats, files)
+    return Completion(text, mode, generated.mean_logprob, "" if text else "postprocess", generated.stats, files)
 
 
 def generation_call(prompt: FimPrompt, mode: CompletionMode, request: CompletionRequest, settings: CompletionSettings) -> GenerationCall:
@@ -155,6 +170,12 @@ def generation_call(prompt: FimPrompt, mode: CompletionMode, request: Completion
         stop_after_text=bool(prompt.healed),
         should_stop=None if single else block_end_detector(prompt.healed, request.prefix, request.suffix),
     )
+
+
+def context_files(context: str) -> tuple[str, ...]:
+    """The files a repository context quotes (every <|file_sep|> but the last, the current file)."""
+    paths = [block.split("\n", 1)[0] for block in context.split("<|file_sep|>")[1:]]
+    return tuple(paths[:-1])
 
 
 def without_control_characters(text: str) -> str:

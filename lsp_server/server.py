@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -19,6 +20,7 @@ from completion.backends import DaemonBackend
 from completion.service import CompletionRequest, complete
 from lsp_server.debounce import AdaptiveDebounce
 from lsp_server.settings import Settings, parse_settings
+from lsp_server.workspace_context import WorkspaceContext
 from models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
 from models.spec import Role
 
@@ -39,6 +41,7 @@ class FimbleServer(LanguageServer):
         self._debounce: dict[str, AdaptiveDebounce] = {}
         self._shown: dict[str, float] = {}
         self.accepted = 0
+        self.workspace_context: WorkspaceContext | None = None
 
     # --- plain helpers the handlers share -----------------------------------------------------------
 
@@ -86,7 +89,7 @@ class FimbleServer(LanguageServer):
         try:
             document = self.workspace.get_text_document(uri)
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
-            return await complete(request, self.settings.completion(), self.backend)
+            return await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
         except DaemonUnavailableError as error:
             self.tell(f"Fimble: {error}", types.MessageType.Warning)
         except DaemonRequestError as error:
@@ -97,6 +100,44 @@ class FimbleServer(LanguageServer):
             if self._in_flight.get(uri) is asyncio.current_task():
                 del self._in_flight[uri]
         return None
+
+    def context_source(self, path: str | None, request: CompletionRequest):
+        context = self.workspace_context
+        if context is None or not path or not context.contains(Path(path)):
+            return None
+        return context.context_source(Path(path), request.prefix, request.suffix)
+
+    async def index_workspace(self) -> None:
+        """Build the workspace index in a worker thread, with progress shown in the editor."""
+        root = self.workspace.root_path
+        if not root or not Path(root).is_dir():
+            return
+        self.workspace_context = WorkspaceContext(Path(root))
+        token = "fimble-index"
+        progress = self.client_capabilities.window and self.client_capabilities.window.work_done_progress
+        loop = asyncio.get_running_loop()
+
+        def report(done: int, total: int) -> None:
+            if progress:
+                value = types.WorkDoneProgressReport(message=f"{done}/{total} files", percentage=100 * done // max(total, 1))
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+
+        if progress:
+            await self.work_done_progress.create_async(token)
+            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble: indexing", percentage=0))
+        try:
+            outcome = await asyncio.to_thread(self.workspace_context.build, report)
+            message = f"{outcome.files} files ({outcome.parsed} parsed, {outcome.reused} unchanged) in {outcome.seconds:.1f} s"
+        except Exception as error:  # indexing is a help, never a reason to stop completing
+            log.exception("indexing %s failed", root)
+            message = f"indexing failed: {error}"
+        if progress:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+    def document_changed(self, uri: str) -> None:
+        context, document = self.workspace_context, self.workspace.get_text_document(uri)
+        if context is not None and document.path and context.contains(Path(document.path)):
+            asyncio.get_running_loop().run_in_executor(None, context.document_changed, Path(document.path), document.source)
 
     async def warm_up(self) -> None:
         """Start the daemon and load the completion model, with progress shown in the editor."""
@@ -125,12 +166,32 @@ def initialize(ls: FimbleServer, params: types.InitializeParams) -> None:
 @server.feature(types.INITIALIZED)
 def initialized(ls: FimbleServer, params: types.InitializedParams) -> None:
     asyncio.get_event_loop().create_task(ls.warm_up())
+    asyncio.get_event_loop().create_task(ls.index_workspace())
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: FimbleServer, params: types.DidOpenTextDocumentParams) -> None:
+    ls.document_changed(params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: FimbleServer, params: types.DidChangeTextDocumentParams) -> None:
+    ls.document_changed(params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: FimbleServer, params: types.DidCloseTextDocumentParams) -> None:
+    context, path = ls.workspace_context, ls.workspace.get_text_document(params.text_document.uri).path
+    if context is not None and path and context.contains(Path(path)):
+        asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path))
 
 
 @server.feature(types.SHUTDOWN)
 async def shutdown(ls: FimbleServer, params) -> None:
     for task in ls._in_flight.values():
         task.cancel()
+    if ls.workspace_context is not None:
+        ls.workspace_context.stop()
     await ls.client.close()
 
 
@@ -183,7 +244,7 @@ def accepted(ls: FimbleServer, *args) -> None:
 def acceptance_record(completion) -> dict:
     """What the editor hands back when the user accepts: kept for acceptance statistics and read by
     benchmarks/humaneval_infill.py for the abstain trade-off."""
-    return {"mode": completion.mode.value, "meanLogprob": completion.mean_logprob}
+    return {"mode": completion.mode.value, "meanLogprob": completion.mean_logprob, "contextFiles": list(completion.context_files)}
 
 
 def run_stdio() -> int:

@@ -29,9 +29,11 @@ class Settings:
     max_multi_line_tokens: int = 160
     prefix_tokens: int = 1536
     suffix_tokens: int = 128
+    # Repository context (definitions from other files) in front of the prompt; 0 turns it off.
+    context_tokens: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_debounce_ms",):
+        for name in ("max_debounce_ms", "context_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("max_single_line_tokens", "max_multi_line_tokens", "prefix_tokens", "suffix_tokens"):
@@ -49,6 +51,7 @@ class Settings:
             max_single_line_tokens=self.max_single_line_tokens,
             max_multi_line_tokens=self.max_multi_line_tokens,
             budget=FimBudget(prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens),
+            context_tokens=self.context_tokens,
         )
 
 

@@ -95,7 +95,7 @@ def capabilities_of(editor: str, inline_completion: bool) -> types.ClientCapabil
     return capabilities
 
 
-async def start_client(env: dict, initialization_options=QUIET, inline_completion: bool = True) -> LanguageClient:
+async def start_client(env: dict, initialization_options=QUIET, inline_completion: bool = True, root: Path | None = None) -> LanguageClient:
     client = make_test_lsp_client()
     await client.start_io(*FIMBLE, "lsp", env=env)
     client.initialize_result = await client.initialize_session(
@@ -103,6 +103,7 @@ async def start_client(env: dict, initialization_options=QUIET, inline_completio
             capabilities=capabilities_of("visual-studio-code", inline_completion),
             initialization_options=initialization_options,
             process_id=os.getpid(),
+            root_uri=root.as_uri() if root else None,
         )
     )
     return client

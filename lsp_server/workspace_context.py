@@ -1,0 +1,102 @@
+"""The workspace's repository context inside `fimble lsp`: the index built in the background, kept
+current from the disk (watcher) and the editor (open documents), and asked for a cursor's context.
+
+Index work runs in worker threads, never on the event loop that answers keystrokes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from context.indexer import IndexReport, WorkspaceIndex
+from context.retrieve import repository_context
+from context.watch import ChangeBatch, WorkspaceWatcher
+
+log = logging.getLogger(__name__)
+
+# Open or recently edited documents kept for the similar-chunks source of context.
+RECENT_DOCUMENTS = 8
+
+
+class WorkspaceContext:
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.index = WorkspaceIndex(self.root)
+        self.ready = threading.Event()
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._watcher: WorkspaceWatcher | None = None
+        self._cancel = threading.Event()
+
+    def build(self, progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Index the workspace (reusing the stored index), then follow changes on disk."""
+        report = self.index.build(progress, self._cancel)
+        if not report.cancelled:
+            self._watcher = WorkspaceWatcher(self.root, self._apply_batch)
+            self._watcher.start()
+            self.ready.set()
+        return report
+
+    def stop(self) -> None:
+        self._cancel.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def contains(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root)
+
+    # --- the editor's documents (called from worker threads) ------------------------------------------
+
+    def document_changed(self, path: Path, text: str) -> None:
+        relative = self.index.relative(path)
+        self._recent[relative] = text
+        self._recent.move_to_end(relative)
+        while len(self._recent) > RECENT_DOCUMENTS:
+            self._recent.popitem(last=False)
+        if self.ready.is_set():
+            self.index.open_document(path, text)
+
+    def document_closed(self, path: Path) -> None:
+        if self.ready.is_set():
+            self.index.close_document(path)
+
+    # --- asking --------------------------------------------------------------------------------------
+
+    def context_source(self, path: Path, prefix: str, suffix: str):
+        """A completion.service.ContextSource for the cursor between `prefix` and `suffix`."""
+        current = self.index.relative(path)
+
+        def source(tokenizer, budget_tokens: int) -> str:
+            if not self.ready.is_set():
+                return ""  # still indexing: complete without context rather than wait
+            return repository_context(
+                self.index,
+                current,
+                prefix,
+                suffix,
+                recent_files=dict(self._recent),
+                count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+                budget_tokens=budget_tokens,
+                read_text=self._read_text,
+            )
+
+        return source
+
+    def _read_text(self, relative: str) -> str | None:
+        if relative in self.index.open_documents:
+            return self.index.open_documents[relative]
+        try:
+            return (self.root / relative).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _apply_batch(self, batch: ChangeBatch) -> None:
+        for path in batch.deleted:
+            self.index.remove_file(path, save=False)
+        for path in batch.changed:
+            if path.is_file():
+                self.index.update_file(path, save=False)
+        self.index.store.save(self.index.entries)
