@@ -1,0 +1,34 @@
+"""The server's workspace context without an editor: a file saved on disk reaches the index
+through the watcher, and a deleted one leaves it."""
+
+from __future__ import annotations
+
+import time
+
+from lsp_server.workspace_context import WorkspaceContext
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_saved_file_reaches_the_index_and_a_deleted_one_leaves(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "first.py").write_text("def first():\n    pass\n")
+    context = WorkspaceContext(root)
+    try:
+        report = context.build()
+        assert report.files == 1 and context.index.definitions("first")
+        (root / "tax.py").write_text("def compute_vat(amount, rate):\n    return amount * rate\n")
+        assert wait_for(lambda: context.index.definitions("compute_vat")), "the save never reached the index"
+        (root / "first.py").unlink()
+        assert wait_for(lambda: not context.index.definitions("first")), "the deleted file stayed in the index"
+    finally:
+        context.stop()
