@@ -9,6 +9,7 @@ and restarted when it dies.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ class FimbleServer(LanguageServer):
         self._shown: dict[str, float] = {}
         self.accepted = 0
         self.workspace_context: WorkspaceContext | None = None
+        self._edit_sequence = itertools.count()
 
     # --- plain helpers the handlers share -----------------------------------------------------------
 
@@ -137,7 +139,8 @@ class FimbleServer(LanguageServer):
     def document_changed(self, uri: str) -> None:
         context, document = self.workspace_context, self.workspace.get_text_document(uri)
         if context is not None and document.path and context.contains(Path(document.path)):
-            asyncio.get_running_loop().run_in_executor(None, context.document_changed, Path(document.path), document.source)
+            sequence = next(self._edit_sequence)
+            asyncio.get_running_loop().run_in_executor(None, context.document_changed, Path(document.path), document.source, sequence)
 
     async def warm_up(self) -> None:
         """Start the daemon and load the completion model, with progress shown in the editor."""
@@ -183,7 +186,7 @@ def did_change(ls: FimbleServer, params: types.DidChangeTextDocumentParams) -> N
 def did_close(ls: FimbleServer, params: types.DidCloseTextDocumentParams) -> None:
     context, path = ls.workspace_context, ls.workspace.get_text_document(params.text_document.uri).path
     if context is not None and path and context.contains(Path(path)):
-        asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path))
+        asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path), next(ls._edit_sequence))
 
 
 @server.feature(types.SHUTDOWN)

@@ -30,6 +30,10 @@ class WorkspaceContext:
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._watcher: WorkspaceWatcher | None = None
         self._cancel = threading.Event()
+        # Edits are applied in worker threads: one at a time, and an older edit that arrives after
+        # a newer one of the same document is dropped.
+        self._edits = threading.Lock()
+        self._applied: dict[Path, int] = {}
 
     def build(self, progress: Callable[[int, int], None] | None = None) -> IndexReport:
         """Index the workspace (reusing the stored index), then follow changes on disk."""
@@ -50,18 +54,27 @@ class WorkspaceContext:
 
     # --- the editor's documents (called from worker threads) ------------------------------------------
 
-    def document_changed(self, path: Path, text: str) -> None:
-        relative = self.index.relative(path)
-        self._recent[relative] = text
-        self._recent.move_to_end(relative)
-        while len(self._recent) > RECENT_DOCUMENTS:
-            self._recent.popitem(last=False)
-        if self.ready.is_set():
-            self.index.open_document(path, text)
+    def document_changed(self, path: Path, text: str, sequence: int) -> None:
+        """An editor buffer's text; `sequence` grows with every edit the server receives."""
+        with self._edits:
+            if sequence < self._applied.get(path, -1):
+                return
+            self._applied[path] = sequence
+            relative = self.index.relative(path)
+            self._recent[relative] = text
+            self._recent.move_to_end(relative)
+            while len(self._recent) > RECENT_DOCUMENTS:
+                self._recent.popitem(last=False)
+            if self.ready.is_set():
+                self.index.open_document(path, text)
 
-    def document_closed(self, path: Path) -> None:
-        if self.ready.is_set():
-            self.index.close_document(path)
+    def document_closed(self, path: Path, sequence: int) -> None:
+        with self._edits:
+            if sequence < self._applied.get(path, -1):
+                return
+            self._applied[path] = sequence
+            if self.ready.is_set():
+                self.index.close_document(path)
 
     # --- asking --------------------------------------------------------------------------------------
 
@@ -77,13 +90,17 @@ class WorkspaceContext:
                 current,
                 prefix,
                 suffix,
-                recent_files=dict(self._recent),
+                recent_files=self._recent_snapshot(),
                 count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
                 budget_tokens=budget_tokens,
                 read_text=self._read_text,
             )
 
         return source
+
+    def _recent_snapshot(self) -> dict[str, str]:
+        with self._edits:
+            return dict(self._recent)
 
     def _read_text(self, relative: str) -> str | None:
         if relative in self.index.open_documents:

@@ -32,3 +32,19 @@ def test_a_saved_file_reaches_the_index_and_a_deleted_one_leaves(tmp_path, monke
         assert wait_for(lambda: not context.index.definitions("first")), "the deleted file stayed in the index"
     finally:
         context.stop()
+
+
+def test_an_older_edit_arriving_late_does_not_undo_a_newer_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "project"
+    root.mkdir()
+    path = root / "draft.py"
+    path.write_text("")
+    context = WorkspaceContext(root)
+    try:
+        context.build()
+        context.document_changed(path, "def newest():\n    pass\n", sequence=2)
+        context.document_changed(path, "def older():\n    pass\n", sequence=1)  # a slow worker
+        assert context.index.definitions("newest") and not context.index.definitions("older")
+    finally:
+        context.stop()
