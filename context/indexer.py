@@ -27,6 +27,9 @@ from context.store import FileEntry, IndexStore, is_unchanged
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
+# An editor opened on a home folder or `/` must not read the whole disk; beyond this many files
+# the rest is left out (in walk order), with a warning.
+MAX_INDEXED_FILES = 50_000
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class Definition:
 
 
 class WorkspaceIndex:
-    def __init__(self, root: Path, store: IndexStore | None = None, limits: FileLimits = FileLimits()):
+    def __init__(self, root: Path, store: IndexStore | None = None, limits: FileLimits = FileLimits(), max_files: int = MAX_INDEXED_FILES):
         self.root = root.resolve()
+        self.max_files = max_files
         self.store = store or IndexStore(self.root)
         self.limits = limits
         self.entries: dict[str, FileEntry] = {}
@@ -63,6 +67,9 @@ class WorkspaceIndex:
         stored = self.store.load()
         # Only files in a language we parse carry definitions; the rest would only cost reads.
         paths = [path for path in iter_workspace_files(self.root, self.limits) if language_id_for_path(path)]
+        if len(paths) > self.max_files:
+            log.warning("%s has %d source files; indexing the first %d", self.root, len(paths), self.max_files)
+            paths = paths[: self.max_files]
         fresh: dict[str, FileEntry] = {}
         parsed = reused = 0
         for done, path in enumerate(paths, start=1):

@@ -112,3 +112,10 @@ def test_an_open_buffer_with_a_secret_or_a_secret_name_never_enters_the_index(re
     assert "shop/settings.py" not in index.entries and index.definitions("configure") == []
     index.open_document(repo / "shop" / "secrets.py", "def vault():\n    pass\n")
     assert index.definitions("vault") == []
+
+
+def test_a_huge_workspace_is_indexed_up_to_the_file_cap(repo, tmp_path, caplog):
+    index = WorkspaceIndex(repo, IndexStore(repo, cache_dir=tmp_path / "cache"), max_files=1)
+    report = index.build()
+    assert report.files == 1 and len(index.entries) == 1
+    assert "indexing the first 1" in caplog.text
