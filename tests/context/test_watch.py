@@ -6,6 +6,7 @@ import threading
 import time
 
 from context.watch import ChangeBatch, WorkspaceWatcher
+from tests.waiting import wait_for
 
 
 def collect(tmp_path, quiet_s=0.1):
@@ -20,14 +21,6 @@ def collect(tmp_path, quiet_s=0.1):
     watcher.start()
     return watcher, batches, arrived
 
-
-def wait_for(predicate, timeout_s=10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_burst_of_writes_arrives_as_one_batch(tmp_path):

@@ -3,18 +3,8 @@ through the watcher, and a deleted one leaves it."""
 
 from __future__ import annotations
 
-import time
-
 from lsp_server.workspace_context import WorkspaceContext
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.waiting import wait_for
 
 
 def test_a_saved_file_reaches_the_index_and_a_deleted_one_leaves(tmp_path, monkeypatch):
