@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from context.files import FileLimits, UnindexableFile, iter_workspace_files, path_reason, read_source, secret_content_kind
+from context.files import IGNORE_FILE_NAMES, FileLimits, IgnoreRules, UnindexableFile, iter_workspace_files, path_reason, read_source, secret_content_kind
 from context.languages import Symbol, extract_symbols, language_id_for_path
 from context.store import FileEntry, IndexStore, is_unchanged
 
@@ -57,6 +57,7 @@ class WorkspaceIndex:
         self.entries: dict[str, FileEntry] = {}
         self.open_documents: dict[str, str] = {}  # relative path -> unsaved text
         self._by_name: dict[str, list[Definition]] = defaultdict(list)
+        self._ignore_rules = IgnoreRules(self.root)  # loaded once; renewed when an ignore file changes
         self._lock = threading.RLock()
 
     # --- building ---------------------------------------------------------------------------------
@@ -103,9 +104,11 @@ class WorkspaceIndex:
         if text is None and relative in self.open_documents:
             return True  # the editor's buffer wins over the disk
         try:
+            if path.name in IGNORE_FILE_NAMES:
+                self._ignore_rules = IgnoreRules(self.root)
             if language_id_for_path(path) is None:
                 raise UnindexableFile("not a language Fimble parses")
-            if (reason := path_reason(self.root, path)) is not None:
+            if (reason := path_reason(self.root, path, self._ignore_rules)) is not None:
                 raise UnindexableFile(reason)
             if text is None:
                 text = read_source(path, self.limits)  # size, binary, UTF-8 and credential checks

@@ -53,13 +53,14 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
     from completion.backends import EngineBackend
     from completion.prompt import split_at_cursor
     from completion.service import CompletionRequest, complete
+    from context.languages import language_id_for_path
     from lsp_server.settings import Settings
     from models.config import load_role_config
     from models.pool import EnginePool
 
     text = read_source(path)
     offset = len(split_at_cursor(text, Cursor(line - 1, col - 1))[0])
-    request = CompletionRequest(text, offset, language_id_for(path), explicit=True)
+    request = CompletionRequest(text, offset, language_id_for_path(path) or "plaintext", explicit=True)
     pool = EnginePool(load_role_config())
     try:
         completion = asyncio.run(complete(request, Settings().completion(), EngineBackend(pool)))
@@ -78,18 +79,6 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-# File extensions to LSP language ids, for `fimble complete` (editors send the id themselves).
-LANGUAGE_IDS = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust",
-    ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".rb": "ruby", ".lua": "lua",
-}
-
-
-def language_id_for(path: Path) -> str:
-    return LANGUAGE_IDS.get(path.suffix.lower(), "plaintext")
 
 
 def read_source(path: Path) -> str:
