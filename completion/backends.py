@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+from dataclasses import asdict
 from tokenizers import Tokenizer as RustTokenizer
 
 from completion.prompt import QWEN_CODER_STOP_IDS
@@ -85,17 +85,10 @@ class EngineBackend:
                 if call.should_stop is not None and call.should_stop(text):
                     handle.cancel()
 
-        done = threading.Event()
         try:
-            await asyncio.to_thread(lambda: (wait(), done.set()))
+            await asyncio.to_thread(wait)
         finally:
-            if not done.is_set():
+            if not handle.done:  # the caller was cancelled while the engine was still generating
                 handle.cancel()
         result = handle.result()
-        return Generated(result.text, result.mean_logprob, result.finish_reason, _stats(result))
-
-
-def _stats(result) -> dict:
-    from dataclasses import asdict
-
-    return asdict(result.stats)
+        return Generated(result.text, result.mean_logprob, result.finish_reason, asdict(result.stats))
