@@ -104,10 +104,13 @@ class FimbleServer(LanguageServer):
         return None
 
     def context_source(self, path: str | None, request: CompletionRequest):
+        context = self._context_holding(path)
+        return context.context_source(Path(path), request.prefix, request.suffix) if context else None
+
+    def _context_holding(self, path: str | None) -> WorkspaceContext | None:
+        """The workspace context, when `path` (a document's file path) lies in its workspace."""
         context = self.workspace_context
-        if context is None or not path or not context.contains(Path(path)):
-            return None
-        return context.context_source(Path(path), request.prefix, request.suffix)
+        return context if context is not None and path and context.contains(Path(path)) else None
 
     async def index_workspace(self) -> None:
         """Build the workspace index in a worker thread, with progress shown in the editor."""
@@ -137,10 +140,15 @@ class FimbleServer(LanguageServer):
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
 
     def document_changed(self, uri: str) -> None:
-        context, document = self.workspace_context, self.workspace.get_text_document(uri)
-        if context is not None and document.path and context.contains(Path(document.path)):
+        document = self.workspace.get_text_document(uri)
+        if context := self._context_holding(document.path):
             sequence = next(self._edit_sequence)
             asyncio.get_running_loop().run_in_executor(None, context.document_changed, Path(document.path), document.source, sequence)
+
+    def document_closed(self, uri: str) -> None:
+        path = self.workspace.get_text_document(uri).path
+        if context := self._context_holding(path):
+            asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path), next(self._edit_sequence))
 
     async def warm_up(self) -> None:
         """Start the daemon and load the completion model, with progress shown in the editor."""
@@ -184,9 +192,7 @@ def did_change(ls: FimbleServer, params: types.DidChangeTextDocumentParams) -> N
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: FimbleServer, params: types.DidCloseTextDocumentParams) -> None:
-    context, path = ls.workspace_context, ls.workspace.get_text_document(params.text_document.uri).path
-    if context is not None and path and context.contains(Path(path)):
-        asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path), next(ls._edit_sequence))
+    ls.document_closed(params.text_document.uri)
 
 
 @server.feature(types.SHUTDOWN)
