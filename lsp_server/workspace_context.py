@@ -23,9 +23,9 @@ RECENT_DOCUMENTS = 8
 
 
 class WorkspaceContext:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, index: WorkspaceIndex | None = None):
         self.root = root.resolve()
-        self.index = WorkspaceIndex(self.root)
+        self.index = index or WorkspaceIndex(self.root)
         self.ready = threading.Event()
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._watcher: WorkspaceWatcher | None = None
