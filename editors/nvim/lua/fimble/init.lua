@@ -1,5 +1,6 @@
 -- Fimble for Neovim 0.12: starts `fimble lsp` through vim.lsp.config / vim.lsp.enable (defaults in
 -- lsp/fimble.lua on the same runtimepath) and shows its completions with vim.lsp.inline_completion.
+-- The chat commands (:FimbleChat and friends) live in fimble.chat.
 local M = {}
 
 ---@class fimble.Opts
@@ -18,9 +19,12 @@ function M.setup(opts)
     -- The server reads its settings at initialize and from workspace/didChangeConfiguration.
     init_options = settings,
     settings = { fimble = settings },
+    -- The chat's notifications: answer pieces and the chat code actions.
+    handlers = require("fimble.chat").handlers,
   })
   vim.lsp.enable("fimble")
   vim.lsp.inline_completion.enable()
+  require("fimble.chat").create_commands()
 
   local key = opts.accept_key == nil and "<Tab>" or opts.accept_key
   if key then
