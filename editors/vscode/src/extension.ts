@@ -1,6 +1,7 @@
 // Starts `fimble lsp` over stdio and lets vscode-languageclient wire its inline completions into
-// VS Code's ghost text.
+// VS Code's ghost text. The chat panel (chat/controller.ts) talks to the same server.
 import * as vscode from "vscode";
+import { ChatController } from "./chat/controller";
 import {
   DidChangeConfigurationNotification,
   LanguageClient,
@@ -37,6 +38,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   // In vscode-languageclient 9, textDocument/inlineCompletion (LSP 3.18) is a proposed feature:
   // this registers a VS Code InlineCompletionItemProvider that forwards to the server.
   client.registerProposedFeatures();
+
+  const chat = new ChatController(context.extensionUri, client);
+  context.subscriptions.push(
+    chat,
+    vscode.commands.registerCommand("fimble.chat.open", () => chat.open()),
+    vscode.commands.registerCommand("fimble.chat.askAboutSelection", () => chat.askAboutSelection())
+  );
 
   context.subscriptions.push(
     vscode.workspace.onDidChangeConfiguration((event) => {
