@@ -19,6 +19,7 @@ local M = {}
 ---@field session_id? string known from the first chunk when the session is new
 ---@field answer_row integer 0-based row of the chat buffer where the answer starts
 ---@field text string the answer so far
+---@field finished? boolean
 
 ---@class fimble.ChatState
 ---@field session_id? string
@@ -84,6 +85,10 @@ local function source_of(attachments)
 end
 
 local function finish(request, err, result)
+  if request.finished then
+    return -- stopped before its first piece, and the server's answer came after all
+  end
+  request.finished = true
   M.state.request = nil
   if err then
     result = err.code == CANCELLED and { text = request.text, finishReason = "cancelled" }
@@ -263,7 +268,10 @@ function M.stop_command()
   if request.session_id then
     request.client:request("fimble/chatCancel", { sessionId = request.session_id }, function() end)
   else
-    request.client:cancel_request(request.id) -- no piece yet, so the session id is unknown
+    -- No piece yet, so the session id is unknown: $/cancelRequest. Neovim drops the server's
+    -- RequestCancelled answer without calling the handler, so the answer ends here.
+    request.client:cancel_request(request.id)
+    finish(request, { code = CANCELLED, message = "stopped" }, nil)
   end
 end
 
