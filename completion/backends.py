@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from typing import Callable
 from tokenizers import Tokenizer as RustTokenizer
 
 from completion.prompt import QWEN_CODER_STOP_IDS
@@ -45,8 +46,19 @@ class DaemonBackend:
             self.models[role] = reply
         return self._tokenizers[role]
 
-    async def generate(self, call: GenerationCall) -> Generated:
+    async def chat_template(self, role: Role) -> str:
+        """The model's chat template (jinja text; "" when the model has none)."""
+        await self.tokenizer(role)
+        return self.models[role].get("chat_template") or ""
+
+    async def context_length(self, role: Role) -> int:
+        await self.tokenizer(role)
+        return int(self.models[role]["context_length"])
+
+    async def generate(self, call: GenerationCall, on_text: Callable[[str], None] | None = None) -> Generated:
+        """`on_text` sees each streamed delta (chat); completions pass none."""
         result = await self.client.generate(
+            on_text=on_text,
             should_stop=call.should_stop,
             role=call.role.config_name,
             prompt_ids=call.prompt_ids,
@@ -68,8 +80,18 @@ class EngineBackend:
     async def tokenizer(self, role: Role):
         return (await asyncio.to_thread(self.pool.engine_for, role)).tokenizer
 
-    async def generate(self, call: GenerationCall) -> Generated:
+    async def chat_template(self, role: Role) -> str:
+        template = getattr((await self.tokenizer(role)), "chat_template", None)
+        return template if isinstance(template, str) else ""
+
+    async def context_length(self, role: Role) -> int:
+        return (await asyncio.to_thread(self.pool.engine_for, role)).loaded.spec.context_length
+
+    async def generate(self, call: GenerationCall, on_text: Callable[[str], None] | None = None) -> Generated:
+        """`on_text` sees each streamed delta, on the event loop (chat); completions pass none."""
         from models.engine import GenerationRequest
+
+        loop = asyncio.get_running_loop()
 
         engine = await asyncio.to_thread(self.pool.engine_for, call.role)
         handle = engine.submit(
@@ -82,6 +104,9 @@ class EngineBackend:
             text = ""
             for delta in handle.stream():
                 text += delta
+                if on_text is not None:
+                    # Scheduled before to_thread's own completion, so every delta is seen first.
+                    loop.call_soon_threadsafe(on_text, delta)
                 if call.should_stop is not None and call.should_stop(text):
                     handle.cancel()
 

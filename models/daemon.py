@@ -238,6 +238,8 @@ class Daemon:
                 "device": str(loaded.device),
                 "context_length": loaded.spec.context_length,
                 "tokenizer_json": engine.tokenizer.backend_tokenizer.to_str(),
+                # The chat prompt is rendered by the client with the model's own template ("" if none).
+                "chat_template": _chat_template(engine.tokenizer),
             }
         )
 
@@ -336,6 +338,13 @@ async def _stream(handle):
     threading.Thread(target=pump, name=f"fimble-stream-{handle.request_id}", daemon=True).start()
     while (delta := await deltas.get()) is not None:
         yield delta
+
+
+def _chat_template(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default")
+    return template if isinstance(template, str) else ""
 
 
 def _result_to_wire(result) -> dict[str, Any]:
