@@ -101,12 +101,71 @@ def _compiled_template(template: str):
     def strftime_now(format: str) -> str:
         return datetime.now().strftime(format)
 
+    class GenerationTag(jinja2.ext.Extension):
+        """`{% generation %}...{% endgeneration %}` (marks assistant text for training masks in
+        transformers): rendered as its body, which is all a prompt needs."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
     # Templates come with the model: untrusted code, hence the sandbox.
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
     environment.filters["tojson"] = tojson
     environment.globals["raise_exception"] = raise_exception
     environment.globals["strftime_now"] = strftime_now
+    environment.globals["namespace"] = _TemplateNamespace
+    environment.globals["dict"] = _TemplateDict()
     return environment.from_string(template)
+
+
+class _TemplateDict:
+    """`dict(...)` and `dict.fromkeys(...)` for templates, without the type itself (transformers' way)."""
+
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
+def _check_namespace_name(name) -> None:
+    import jinja2
+
+    if isinstance(name, str) and name.startswith("_"):
+        raise jinja2.exceptions.SecurityError(f"chat templates cannot set underscore attributes on a namespace: {name!r}")
+
+
+class _TemplateNamespace:
+    """jinja2's `namespace()` without underscore attributes, as transformers has it: a way out of
+    the sandbox otherwise. Built on first use, so importing this module does not import jinja2."""
+
+    _class = None
+
+    def __new__(cls, *args, **kwargs):
+        if cls._class is None:
+            import jinja2.utils
+
+            class Namespace(jinja2.utils.Namespace):
+                def __init__(*args, **kwargs):  # jinja's own signature trick: `namespace(self=...)` works
+                    self, args = args[0], args[1:]
+                    attributes = dict(*args, **kwargs)
+                    for name in attributes:
+                        _check_namespace_name(name)
+                    jinja2.utils.Namespace.__init__(self, attributes)
+
+                def __setitem__(self, name, value):
+                    _check_namespace_name(name)
+                    jinja2.utils.Namespace.__setitem__(self, name, value)
+
+            cls._class = Namespace
+        return cls._class(*args, **kwargs)
 
 
 def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:

@@ -21,12 +21,10 @@ from chat.prompt import (
 from chat.session import Attachment, ChatSession, Message
 from completion.backends import ServedTokenizer
 
-# The checkpoint is converted from the embedded GGUF once (about 2 minutes), then cached.
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
+    """The embedded model's files (converted from the GGUF once, about 2 minutes, then cached);
+    the tests that use it are marked slow."""
     from models.embedded import ensure_embedded_checkpoint
 
     return ensure_embedded_checkpoint()
@@ -66,6 +64,7 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["short", "code-and-unicode", "default-system"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_rendering_matches_transformers(template, hf_tokenizer, messages, add_generation_prompt) -> None:
@@ -73,6 +72,7 @@ def test_rendering_matches_transformers(template, hf_tokenizer, messages, add_ge
     assert render_chat_template(template, messages, add_generation_prompt) == expected
 
 
+@pytest.mark.slow
 def test_token_ids_match_transformers_when_no_answer_starts_with_whitespace(template, tokenizer, hf_tokenizer) -> None:
     session = session_with(
         Message("user", "Explain `f`.", context="src/a.py\n```python\ndef f():\n    return 1\n```"),
@@ -93,6 +93,7 @@ ANSWERS = [
 ]
 
 
+@pytest.mark.slow
 def test_each_turn_prompt_starts_with_the_previous_turn_prompt(template, tokenizer) -> None:
     session = session_with(attachments=[Attachment("file", "src/retry.py", "def backoff(attempt):\n    return 2 ** attempt\n")])
     previous: list[int] | None = None
@@ -110,6 +111,7 @@ def test_each_turn_prompt_starts_with_the_previous_turn_prompt(template, tokeniz
     assert build_chat_prompt(session, tokenizer, template).token_ids[: len(previous)] == previous
 
 
+@pytest.mark.slow
 def test_one_piece_tokenization_would_break_the_prefix(template, tokenizer) -> None:
     """Why the text is encoded in pieces: "assistant\\n" + "\\n..." merges into "\\n\\n"."""
     session = session_with(Message("user", "Hi"))
@@ -123,6 +125,7 @@ def test_one_piece_tokenization_would_break_the_prefix(template, tokenizer) -> N
     assert generation_prompt(template) == "<|im_start|>assistant\n"
 
 
+@pytest.mark.slow
 def test_retrieved_context_goes_inside_the_user_message_before_the_question(template, tokenizer) -> None:
     context = "src/retry.py\n```python\ndef compute_backoff(attempt):\n    return 2 ** attempt\n```"
     session = session_with(Message("user", "How does backoff work?", context=context))
@@ -142,6 +145,7 @@ def make_long_chat(turns: int) -> ChatSession:
     return session
 
 
+@pytest.mark.slow
 def test_the_oldest_turns_are_left_out_first(template, tokenizer) -> None:
     session = make_long_chat(8)
     budget = ChatBudget(context_tokens=900, answer_tokens=200)
@@ -159,12 +163,14 @@ def test_the_oldest_turns_are_left_out_first(template, tokenizer) -> None:
     assert len(build_chat_prompt(one_more, tokenizer, template, ChatBudget(context_tokens=10**6)).token_ids) > 700
 
 
+@pytest.mark.slow
 def test_a_question_that_cannot_fit_is_a_clear_error(template, tokenizer) -> None:
     session = session_with(Message("user", "word " * 2000))
     with pytest.raises(ChatPromptTooLong, match="Shorten the question"):
         build_chat_prompt(session, tokenizer, template, ChatBudget(context_tokens=1500, answer_tokens=500))
 
 
+@pytest.mark.slow
 def test_a_huge_attachment_is_cut_with_a_marker(template, tokenizer) -> None:
     big = "".join(f"value_{n} = compute({n})\n" for n in range(5000))
     session = session_with(
@@ -193,3 +199,29 @@ def test_fences_outlast_backticks_inside() -> None:
     assert fenced_code("README.md", text) == f"````markdown\n{text}````"
     assert fenced_code("web/app.tsx", "let x = 1") == "```tsx\nlet x = 1\n```"
     assert fenced_code("Makefile", "all:\n") == "```\nall:\n```"
+
+
+FEATURES_TEMPLATE = (
+    "{% set ns = namespace(count=0) %}{% for m in messages %}{% set ns.count = ns.count + 1 %}"
+    "{% generation %}{{ m.role }}: {{ m.content | tojson }}{% endgeneration %}\n{% endfor %}"
+    "{{ ns.count }} {{ dict(a=1).a }}{% if add_generation_prompt %}>{% endif %}"
+)
+
+
+def test_template_features_render_as_in_transformers() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = [{"role": "user", "content": "<é> & \"quotes\""}, {"role": "assistant", "content": "ok"}]
+    (expected,), _ = render_jinja_template([messages], chat_template=FEATURES_TEMPLATE, add_generation_prompt=True)
+    assert render_chat_template(FEATURES_TEMPLATE, messages, True) == expected
+
+
+def test_templates_stay_in_their_sandbox() -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        render_chat_template("{% set ns = namespace(_secret=1) %}", [])
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        render_chat_template("{{ messages.__class__.__mro__ }}", [])
+    with pytest.raises(jinja2.exceptions.TemplateError, match="roles must alternate"):
+        render_chat_template("{{ raise_exception('roles must alternate') }}", [])
