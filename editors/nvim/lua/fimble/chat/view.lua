@@ -40,6 +40,9 @@ function M.show(focus)
     vim.wo[win].wrap = true
     vim.wo[win].linebreak = true
     vim.wo[win].conceallevel = 2
+    vim.wo[win].number = false
+    vim.wo[win].relativenumber = false
+    vim.wo[win].signcolumn = "no"
     if not focus then
       vim.api.nvim_set_current_win(from)
     end
