@@ -19,6 +19,7 @@ from pygls.lsp.server import LanguageServer
 
 from completion.backends import DaemonBackend
 from completion.service import CompletionRequest, complete
+from lsp_server.chat import register_chat_features
 from lsp_server.debounce import AdaptiveDebounce
 from lsp_server.settings import Settings, parse_settings
 from lsp_server.workspace_context import WorkspaceContext
@@ -254,6 +255,10 @@ def acceptance_record(completion) -> dict:
     """What the editor hands back when the user accepts: kept for acceptance statistics and read by
     benchmarks/humaneval_infill.py for the abstain trade-off."""
     return {"mode": completion.mode.value, "meanLogprob": completion.mean_logprob, "contextFiles": list(completion.context_files)}
+
+
+# fimble/chat, fimble/chatCancel, fimble/chatSessions, chat code actions and commands.
+chat_features = register_chat_features(server)
 
 
 def run_stdio() -> int:

@@ -61,6 +61,7 @@ def fimble_env(tiny_checkpoint, tmp_path_factory):
     with tempfile.TemporaryDirectory(prefix="fimble-lsp-") as runtime_dir:
         env = dict(os.environ, FIMBLE_CONFIG=str(config), FIMBLE_RUNTIME_DIR=runtime_dir, FIMBLE_CACHE_DIR=str(root / "cache"))
         env["FIMBLE_DAEMON_IDLE_S"] = "120"
+        env["FIMBLE_DATA_DIR"] = str(root / "data")  # chat sessions
         yield env
         subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=60)
 
