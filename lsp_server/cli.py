@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from completion.prompt import Cursor
@@ -20,6 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     complete.add_argument("--col", type=int, required=True, help="1-based column of the cursor (characters)")
     complete.add_argument("--stats", action="store_true", help="print prompt, cache and timing stats to stderr")
+
+    chat = commands.add_parser("chat", help="ask about code; with no MESSAGE, each line read from stdin is a turn")
+    chat.add_argument("message", nargs="?", help="the question; @file:PATH and @symbol:NAME attach code")
+    chat.add_argument("--session", metavar="ID", help="continue this session (see --list)")
+    chat.add_argument("--attach", metavar="FILE", type=Path, action="append", default=[], help="attach a file (repeatable)")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="answer at most N tokens")
+    chat.add_argument("--list", action="store_true", help="list the saved sessions")
+    chat.add_argument("--delete", metavar="ID", help="delete a saved session")
 
     commands.add_parser("models", help="list the configured models and their state")
     commands.add_parser("lsp", help="run the language server on stdio (editors start this)")
@@ -37,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_stdio()
         if args.command == "daemon":
             return run_daemon_command(args.action)
+        if args.command == "chat":
+            return run_chat(args)
         return run_models()
     except KeyboardInterrupt:
         return 130
@@ -89,6 +100,140 @@ def read_source(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def run_chat(args) -> int:
+    """`fimble chat`: the editor's chat service (chat/service.py) through the daemon, streaming the
+    answer to stdout. Sessions are the editor's too: `--session ID` continues one from either."""
+    import asyncio
+
+    from chat.session import SessionStore
+
+    store = SessionStore()
+    if args.list:
+        listing = store.list()
+        for session in listing.sessions:
+            updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(session.updated))
+            print(f"{session.id}  {updated}  {len(session.messages):3} messages  {session.title}")
+        for problem in listing.problems:
+            print(f"fimble: {problem}", file=sys.stderr)
+        return 0
+    if args.delete:
+        if store.delete(args.delete):
+            print(f"fimble: deleted session {args.delete}")
+            return 0
+        print(f"fimble: there is no session {args.delete!r} (see fimble chat --list)", file=sys.stderr)
+        return 1
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError("--max-tokens must be at least 1")
+    return asyncio.run(_chat_turns(args, store))
+
+
+async def _chat_turns(args, store) -> int:
+    """One turn per message (the argument, or each line of stdin). Ctrl-C stops the answer being
+    written (it is kept, marked cancelled); at the prompt it ends the program."""
+    import asyncio
+    import signal
+
+    from chat.service import AttachmentRequest, ChatInputError, ChatRequest, ChatService, ChatWorkspace
+    from completion.backends import DaemonBackend
+    from models.daemon_client import DaemonClient
+
+    client = DaemonClient()
+    service = ChatService(store, DaemonBackend(client))
+    workspace = ChatWorkspace(Path.cwd(), _stored_index(Path.cwd()))
+    attachments = tuple(AttachmentRequest("file", path=path.resolve()) for path in args.attach)
+    interactive = args.message is None
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: service.cancel_all() or interrupted.set())
+    lines = _stdin_lines() if interactive else None
+    session_id, status = args.session, 0
+    try:
+        while True:
+            if interactive:
+                message = await _next_line(lines, interrupted)
+                if message is None:
+                    break
+                if not message.strip():
+                    continue
+            else:
+                message = args.message
+            request = ChatRequest(message, session_id, attachments, args.max_tokens)
+            try:
+                answer = await service.ask(request, workspace, lambda chunk: _write(chunk.text))
+            except ChatInputError as error:
+                print(f"fimble: {error}", file=sys.stderr)
+                if not interactive:
+                    return 1
+                continue
+            attachments = ()  # stored with the session
+            session_id = answer.session_id
+            _write("\n")
+            if answer.notice:
+                print(f"fimble: {answer.notice}", file=sys.stderr)
+            if answer.finish_reason == "error":
+                status = 1
+            if not interactive:
+                status = status or (130 if answer.finish_reason == "cancelled" else 0)
+                break
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await client.close()
+    if session_id is not None:
+        print(f"fimble: session {session_id} (continue it with: fimble chat --session {session_id})", file=sys.stderr)
+    return status
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _stored_index(root: Path):
+    """The workspace index of `root` when one was built before (by an editor): `@symbol:` and
+    retrieved definitions use it. No index is built from scratch for a command-line question."""
+    from context.indexer import WorkspaceIndex
+
+    index = WorkspaceIndex(root)
+    if not index.store.load():
+        return None
+    index.build()  # unchanged files are not read again
+    return index
+
+
+def _stdin_lines():
+    """Lines of stdin in an asyncio queue (None at the end), read by a daemon thread so that
+    leaving the prompt never waits for a blocked read."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, name="fimble-chat-stdin", daemon=True).start()
+    return lines
+
+
+async def _next_line(lines, interrupted) -> str | None:
+    """The next question, or None at the end of input or on Ctrl-C at the prompt."""
+    import asyncio
+
+    if sys.stdin.isatty():
+        print("> ", end="", file=sys.stderr, flush=True)
+    interrupted.clear()
+    getting, stopping = asyncio.ensure_future(lines.get()), asyncio.ensure_future(interrupted.wait())
+    await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not getting.done():
+        getting.cancel()
+        return None
+    return getting.result()
 
 
 def run_daemon_command(action: str) -> int:
