@@ -13,6 +13,9 @@ local M = {}
 function M.setup(opts)
   opts = opts or {}
   local settings = opts.settings or {}
+  if next(settings) == nil then
+    settings = vim.empty_dict() -- an empty Lua table goes out as [], which the server refuses
+  end
   vim.lsp.config("fimble", {
     cmd = opts.cmd,
     filetypes = opts.filetypes,
