@@ -203,6 +203,8 @@ def capture_chat(cmd: list[str], columns: int, rows: int, timeout_s: float) -> t
         subprocess.run(
             [*tmux, "new-session", "-d", "-x", str(columns), "-y", str(rows), "-c", str(workspace),
              "-e", f"FIMBLE_SCREENSHOT={json.dumps(params)}", "-e", f"PYTHONPATH={REPO}",
+             # The session goes to the temporary directory, not into the user's chats.
+             "-e", f"FIMBLE_DATA_DIR={Path(tmp) / 'data'}",
              f"nvim -u {init} stats.py"],
             check=True,
         )

@@ -90,8 +90,10 @@ def run_neovim_chat(tmp_path: Path, env: dict[str, str], file: Path, question: s
     }
     # PYTHONPATH: the server runs from this checkout even where fimble is installed from another.
     python_path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # FIMBLE_DATA_DIR: the chat sessions are saved in tmp_path, not among the user's.
     nvim_env = dict(
-        env, FIMBLE_NVIM_TEST=json.dumps(params), XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=python_path
+        env, FIMBLE_NVIM_TEST=json.dumps(params), XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=python_path,
+        FIMBLE_DATA_DIR=str(tmp_path / "data"),
     )
     command = ["nvim", "--headless", "--clean", "--cmd", f"set rtp^={REPO / 'editors' / 'nvim'}", "-S", str(driver)]
     subprocess.run(command, env=nvim_env, cwd=tmp_path, capture_output=True, timeout=TIMEOUT_S + 15)

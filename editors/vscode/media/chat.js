@@ -90,7 +90,7 @@
     if (finishReason === "cancelled") addNote(element, "(stopped)");
     if (finishReason === "length") addNote(element, "(cut off at the length limit)");
     if (finishReason === "error") addNote(element, `Error: ${notice || "the answer failed"}`);
-    else if (notice) addNote(element, notice);
+    else if (notice && finishReason !== "cancelled") addNote(element, notice); // a stopped answer's notice repeats "(stopped)"
   }
 
   function renderAnswerSoon() {

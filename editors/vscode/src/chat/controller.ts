@@ -234,7 +234,7 @@ export class ChatController implements vscode.Disposable {
         vscode.window.showWarningMessage(`Fimble: ${problem}`);
       }
       const picked = await vscode.window.showQuickPick(
-        list.sessions.map((s) => ({ label: s.title, description: `${s.messages} messages, ${s.updated}`, id: s.id })),
+        list.sessions.map((s) => ({ label: s.title, description: `${s.messages} messages, ${when(s.updated)}`, id: s.id })),
         { placeHolder: list.sessions.length ? "Continue a chat" : "No chats yet" }
       );
       if (!picked) {
@@ -271,4 +271,9 @@ function label(attachment: Attachment): string {
     return `${name}:${attachment.range.start.line + 1}-${attachment.range.end.line + 1}`;
   }
   return name;
+}
+
+// The server gives seconds since the epoch.
+function when(updated: string | number): string {
+  return typeof updated === "number" ? new Date(updated * 1000).toLocaleString() : updated;
 }

@@ -110,7 +110,8 @@ local function finish(request, err, result)
   elseif result.finishReason == "error" then
     table.insert(footer, "*(error: " .. (result.notice or "unknown") .. ")*")
   end
-  if result.notice and result.notice ~= "" and result.finishReason ~= "error" then
+  -- A stopped answer's notice only repeats "(stopped)".
+  if result.notice and result.notice ~= "" and result.finishReason ~= "error" and result.finishReason ~= "cancelled" then
     table.insert(footer, "> " .. result.notice)
   end
   if #footer > 0 then
@@ -304,7 +305,8 @@ function M.sessions_command()
     vim.ui.select(result.sessions, {
       prompt = "Fimble chat sessions",
       format_item = function(s)
-        return ("%s  (%s, %s messages)"):format(s.title, tostring(s.updated), tostring(s.messages))
+        local updated = type(s.updated) == "number" and os.date("%Y-%m-%d %H:%M", math.floor(s.updated)) or tostring(s.updated)
+        return ("%s  (%s, %s messages)"):format(s.title, updated, tostring(s.messages))
       end,
     }, function(choice)
       if not choice then
