@@ -5,12 +5,14 @@ corrupt session files, code actions, applying a code block, and malformed reques
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Union
 
 import pytest
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
+from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 
 from tests.lsp_server.conftest import open_document, start_client
 
@@ -247,3 +249,43 @@ async def test_a_malformed_chat_request_gets_a_clear_error_and_the_server_goes_o
     assert listing == {"sessions": [], "problems": []}  # nothing was stored
     with pytest.raises(JsonRpcException, match="action"):
         await chat.request("fimble/chatSessions", {"action": "rename"})
+
+
+async def test_cancel_request_on_a_chat_keeps_the_partial_answer(chat, daemon):
+    await wait_for_chat(daemon, lambda s: True, timeout_s=120)
+    pending = asyncio.ensure_future(chat.client.protocol.send_request_async("fimble/chat", {"message": "Explain it all", "maxTokens": LONG}, msg_id="chat-1"))
+    await asyncio.wait_for(chat.first_chunk.wait(), 60)
+    chat.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="chat-1"))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await pending
+    await wait_for_chat(daemon, lambda s: s["running"] == 0, timeout_s=10)
+    session_id = chat.chunks[0]["sessionId"]
+    for _ in range(100):  # the server saves the partial answer as the request ends
+        stored = await chat.request("fimble/chatSessions", {"action": "get", "sessionId": session_id})
+        if len(stored["messages"]) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert stored["messages"][1]["finishReason"] == "cancelled"
+    assert stored["messages"][1]["content"] == "".join(chunk["text"] for chunk in chat.chunks)
+
+
+async def test_the_daemon_dies_mid_answer_the_text_so_far_is_kept_and_the_user_told(chat, daemon):
+    await wait_for_chat(daemon, lambda s: True, timeout_s=120)
+    pending = asyncio.ensure_future(chat.ask("Explain it all", maxTokens=LONG))
+    await asyncio.wait_for(chat.first_chunk.wait(), 60)
+    pid = (await daemon.call("status"))["status"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    result = await asyncio.wait_for(pending, 10)
+    assert result["finishReason"] == "error" and "daemon" in result["notice"]
+    assert result["text"] == "".join(chunk["text"] for chunk in chat.chunks)
+    assert any("daemon" in m.message for m in chat.client.messages)
+    stored = await chat.request("fimble/chatSessions", {"action": "get", "sessionId": result["sessionId"]})
+    assert stored["messages"][1] == {"role": "assistant", "content": result["text"], "finishReason": "error"}
+    # The server starts a new daemon; the session goes on.
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        follow_up = await chat.ask("Go on", sessionId=result["sessionId"], maxTokens=SHORT)
+        if follow_up["finishReason"] != "error" or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert follow_up["finishReason"] in ("stop", "length") and follow_up["messageIndex"] >= 3
