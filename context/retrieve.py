@@ -14,6 +14,7 @@ resolved through tree-sitter tags) feeds `Snippet`s into the same ranking.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,7 +37,8 @@ class Snippet:
     text: str
     score: float
     # Lower ranks first in the prompt. Text that changes rarely goes first so it stays in the
-    # prefix cache across keystrokes: definitions (0) before similar chunks of open files (1).
+    # prefix cache across keystrokes: definitions of the file's imports (0), of the names near the
+    # cursor (1), then similar chunks of open files (2).
     stability: int = 0
 
 
@@ -69,7 +71,7 @@ def similar_chunks(query_text: str, files: dict[str, str], top_k: int = 4, min_s
         for _, chunk in chunks(text):
             score = jaccard(query, identifiers(chunk))
             if score >= min_score:
-                scored.append(Snippet(path, chunk, score, stability=1))
+                scored.append(Snippet(path, chunk, score, stability=2))
     scored.sort(key=lambda snippet: snippet.score, reverse=True)
     return dedupe(scored)[:top_k]
 
@@ -102,12 +104,17 @@ def format_repo_context(
     if not chosen:
         return ""
     ordered = sorted(chosen, key=lambda s: (s.stability, s.path, s.text))
-    return header + "".join(_file_block(snippet) for snippet in ordered) + tail
+    blocks = [
+        # Snippets of one file that end up next to each other share its header, as in a real file.
+        _file_block(snippet, header=index == 0 or ordered[index - 1].path != snippet.path)
+        for index, snippet in enumerate(ordered)
+    ]
+    return header + "".join(blocks) + tail
 
 
-def _file_block(snippet: Snippet) -> str:
+def _file_block(snippet: Snippet, header: bool = True) -> str:
     text = snippet.text if snippet.text.endswith("\n") else snippet.text + "\n"
-    return f"{FILE_SEP}{snippet.path}\n{text}"
+    return f"{FILE_SEP}{snippet.path}\n{text}" if header else text
 
 
 # --- Definitions through the index -----------------------------------------------------------------
@@ -119,18 +126,36 @@ _PY_IMPORT = re.compile(
 # Lines before the cursor whose identifiers count as "near" it.
 NEAR_CURSOR_LINES = 12
 MAX_DEFINITION_LINES = 12
+# A long class shows at most this many member signatures (rich's Console has 80 methods).
+MAX_MEMBER_LINES = 48
 
 
 def names_near_cursor(prefix: str, suffix: str) -> list[str]:
-    """Identifiers on the lines around the cursor, the closest first (the cursor's own line first)."""
+    """Identifiers on the lines around the cursor, the closest first (the cursor's own line first),
+    each followed by the class it probably holds (see `types_of`)."""
     before = prefix.split("\n")[-NEAR_CURSOR_LINES:]
     after_line = suffix.split("\n", 1)[0]
     ordered: list[str] = []
     for line in [before[-1] + after_line, *reversed(before[:-1])]:
         for name in reversed(_IDENTIFIER.findall(line)):
-            if len(name) > 1 and name not in _COMMON_WORDS and name not in ordered:
-                ordered.append(name)
+            if len(name) > 1 and name not in _COMMON_WORDS:
+                for candidate in (name, *types_of(name, prefix)):
+                    if candidate not in ordered:
+                        ordered.append(candidate)
     return ordered
+
+
+def types_of(name: str, prefix: str) -> list[str]:
+    """Classes a variable probably holds, so `client.` brings the methods `Client` defines: the
+    class named in its annotation or constructor call before the cursor (`client: Client`,
+    `self.client = Client(...)`), and its own name in CamelCase (`prepared_request` ->
+    `PreparedRequest`). Names that no file defines are dropped later by the index lookup."""
+    if not name[0].islower():
+        return []
+    found = re.findall(rf"\b{re.escape(name)}\s*(?::\s*[\"']?([A-Z]\w*)|=\s*([A-Z]\w*)\()", prefix[-20_000:])
+    types = [annotated or constructed for annotated, constructed in found]
+    camel = "".join(part.capitalize() for part in name.strip("_").split("_") if part)
+    return list(dict.fromkeys([*reversed(types), camel]))
 
 
 def imported_names(text: str) -> list[str]:
@@ -153,31 +178,77 @@ def definition_snippet(lines: list[str], start: int, end: int, members: list[tup
     if end - start + 1 <= MAX_DEFINITION_LINES:
         return "".join(lines[start : end + 1])
     header = lines[start : start + 2]
-    signatures = [line for line_number, line in sorted(members) if start < line_number <= end]
-    return "".join(header + signatures)
+    # dict.fromkeys: overloads repeat a signature's first line.
+    signatures = list(dict.fromkeys(line for line_number, line in sorted(members) if start < line_number <= end))
+    return "".join(header + signatures[:MAX_MEMBER_LINES])
+
+
+def imports_by_use(text: str, prefix: str) -> tuple[list[str], list[str], list[str]]:
+    """The file's imported names in three groups: used nowhere in the file yet (likely what the
+    cursor is about to use), used only below the cursor, and used above it. The file shows how it
+    calls the names it uses; of the others it shows nothing but the name."""
+    imported = list(dict.fromkeys(imported_names(text)))
+    code_above = _PY_IMPORT.sub("", prefix)
+    code_below = text[len(prefix) :]
+
+    def used_in(code: str, name: str) -> bool:
+        return re.search(rf"\b{re.escape(name)}\b", code) is not None
+
+    above = [name for name in imported if used_in(code_above, name)]
+    below = [name for name in imported if name not in above and used_in(code_below, name)]
+    nowhere = [name for name in imported if name not in above and name not in below]
+    return nowhere, below, above
+
+
+# Weights of the kinds of names whose definitions are looked up; within a kind the score falls
+# with rank (1/(1+rank), counting only names the index resolves).
+NEAR_WEIGHT, UNUSED_IMPORT_WEIGHT, IMPORT_USED_BELOW_WEIGHT, IMPORT_USED_ABOVE_WEIGHT = 2.0, 2.0, 1.0, 0.5
+# Python's builtins are never looked up: a package's own `str = str` shim is no help.
+_PYTHON_BUILTINS = frozenset(dir(builtins))
 
 
 def definition_snippets(index, current_path: str, prefix: str, suffix: str, read_text: Callable[[str], str | None]) -> list[Snippet]:
     """Definitions, found through the index (`context.indexer.WorkspaceIndex`), of the names near
-    the cursor (scored higher, the closest highest) and of the names the file imports."""
-    near = names_near_cursor(prefix, suffix)
-    imports = [name for name in imported_names(prefix + suffix) if name not in near]
+    the cursor (the closest highest) and of the names the file imports (those not used yet higher).
+
+    The imports' definitions stay the same wherever the cursor is in the file, so they go first in
+    the prompt (stability 0) and stay in the prefix cache as the cursor moves; the definitions of
+    names near the cursor come after them (stability 1)."""
+    skip = _PYTHON_BUILTINS if current_path.endswith(".py") else frozenset()
+    near = [name for name in names_near_cursor(prefix, suffix) if name not in skip]
+    nowhere, below, above = imports_by_use(prefix + suffix, prefix)
+    kinds = [
+        (near, NEAR_WEIGHT, 1),
+        ([name for name in nowhere if name not in near], UNUSED_IMPORT_WEIGHT, 0),
+        ([name for name in below if name not in near], IMPORT_USED_BELOW_WEIGHT, 0),
+        ([name for name in above if name not in near], IMPORT_USED_ABOVE_WEIGHT, 0),
+    ]
     snippets: list[Snippet] = []
-    for rank, name in enumerate(near + imports):
-        score = (2.0 if rank < len(near) else 1.0) / (1 + rank)
-        for definition in index.definitions(name)[:3]:
-            if definition.path == current_path or (text := read_text(definition.path)) is None:
-                continue
-            symbol = definition.symbol
-            lines = text.splitlines(keepends=True)
-            members = [
-                (fields["start_line"], lines[fields["start_line"]])
-                for fields in index.entries[definition.path].symbols
-                if symbol.start_line < fields["start_line"] <= symbol.end_line and fields["start_line"] < len(lines)
-            ]
-            body = definition_snippet(lines, symbol.start_line, min(symbol.end_line, len(lines) - 1), members)
-            snippets.append(Snippet(definition.path, body, score, stability=0))
+    for names, weight, stability in kinds:
+        resolved = 0
+        for name in names:
+            bodies = _definition_bodies(index, name, current_path, read_text)
+            for body_path, body in bodies:
+                snippets.append(Snippet(body_path, body, weight / (1 + resolved), stability))
+            resolved += bool(bodies)
     return dedupe(sorted(snippets, key=lambda s: s.score, reverse=True))
+
+
+def _definition_bodies(index, name: str, current_path: str, read_text: Callable[[str], str | None]) -> list[tuple[str, str]]:
+    """(path, snippet) of up to three definitions of `name` in other files."""
+    bodies = []
+    for definition in index.definitions(name)[:3]:
+        if definition.path == current_path or (text := read_text(definition.path)) is None:
+            continue
+        symbol = definition.symbol
+        lines = text.splitlines(keepends=True)
+        members = [
+            (fields["start_line"], lines[fields["start_line"]])
+            for fields in index.entries[definition.path].symbols
+            if symbol.start_line < fields["start_line"] <= symbol.end_line and fields["start_line"] < len(lines)
+        ]
+        bodies.append((definition.path, definition_snippet(lines, symbol.start_line, min(symbol.end_line, len(lines) - 1), members)))
+    return bodies
 
 
 def repository_context(

@@ -119,3 +119,24 @@ def test_a_huge_workspace_is_indexed_up_to_the_file_cap(repo, tmp_path, caplog):
     report = index.build()
     assert report.files == 1 and len(index.entries) == 1
     assert "indexing the first 1" in caplog.text
+
+
+def test_the_imports_definitions_come_first_and_stay_put_as_the_cursor_moves(repo, tmp_path):
+    """Definitions of the file's imports are the same anywhere in the file, so they lead the
+    context; definitions of the names near the cursor follow them."""
+    (repo / "shop" / "money.py").write_text("class Money:\n    def cents(self) -> int:\n        return 0\n")
+    main = "from shop.api.client import default_client\n\n\ndef report(customer_id):\n    client = default_client()\n"
+    index = make_index(repo, tmp_path)
+    index.build()
+
+    def context_at(prefix: str) -> str:
+        return repository_context(
+            index, "shop/main.py", prefix, "", {}, lambda text: len(text.split()), 400, lambda path: (repo / path).read_text()
+        )
+
+    here = context_at(main + "    money = ")
+    there = context_at(main + "    total: Money = ")
+    imports_block = here[: here.index(f"{FILE_SEP}shop/money.py")] if "shop/money.py" in here else here
+    assert "def default_client() -> Client:" in imports_block
+    assert there.startswith(imports_block)  # the cursor moved: the leading text is unchanged
+    assert "class Money:" in there and there.index("shop/api/client.py") < there.index("shop/money.py")

@@ -67,3 +67,23 @@ def test_format_keeps_the_best_snippets_within_budget_in_stable_order():
     assert context.endswith(f"{FILE_SEP}app/main.py\n")
     assert count_words(context) <= 40
     assert format_repo_context("shop", [], "app/main.py", count_words, 40) == ""
+
+
+def test_a_variable_brings_the_class_it_holds():
+    from context.retrieve import names_near_cursor, types_of
+
+    prefix = "session = make_session()\nprepared_request = build(url)\nconsole: Console = get_console()\nworker = Pool(4)\n"
+    assert types_of("prepared_request", prefix) == ["PreparedRequest"]
+    assert types_of("console", prefix) == ["Console"]  # its annotation; its CamelCase name is the same
+    assert types_of("worker", prefix) == ["Pool", "Worker"]  # the constructor first
+    assert types_of("Console", prefix) == []  # a class is its own type
+    near = names_near_cursor(prefix + "worker.", "")
+    assert near[:3] == ["worker", "Pool", "Worker"]
+
+
+def test_imports_are_grouped_by_where_the_file_uses_them():
+    from context.retrieve import imports_by_use
+
+    text = "from .utils import quote, unquote, rewind_body\n\nx = quote(url)\n\ny = unquote(x)\n"
+    cursor = text.index("y = ")
+    assert imports_by_use(text, text[:cursor]) == (["rewind_body"], ["unquote"], ["quote"])
