@@ -2,11 +2,13 @@
 
     python benchmarks/repo_context.py        # writes benchmarks/results/repo_context.{json,png,_holes.jsonl}
 
-Holes in the spirit of CrossCodeEval, in the installed sources of three third-party packages
-(requests, click, rich): a line whose code calls a function or method that is defined in *another*
-file of the same package, is not defined in the current file, and is not used earlier in it except
-in an import. The cursor sits after the line's indentation, the line's code is removed, and the
-embedded model completes one line, with the repository context on and off. Scored on the first
+Holes in the spirit of CrossCodeEval, in the installed sources of five third-party packages
+(requests, click, rich, jinja2, urllib3): a line whose code calls a function or method that is
+defined in *another* file of the same package, is not defined in the current file, and is not used
+earlier in it except in an import (calls on stdlib modules and names that builtin types also have
+are left out). The line is typed up to the called name (`--cursor call`, the default: `client.`
+or `url = `) or not at all (`--cursor line-start`, CrossCodeEval's setting); the rest of the line is
+removed, and the embedded model completes it, with the repository context on and off. Scored on the first
 line: exact match and edit similarity (rapidfuzz's normalized Indel ratio, as CrossCodeEval's
 `fuzz.ratio`).
 
@@ -185,7 +187,9 @@ def document_with_hole(text: str, hole: Hole, cursor: str) -> tuple[str, int]:
 
 
 def first_line(text: str) -> str:
-    return text.strip("\n").split("\n", 1)[0].strip()
+    """The completion's text up to the end of the cursor's line (the service has already dropped
+    what a healed line start adds)."""
+    return text.split("\n", 1)[0].strip()
 
 
 async def attempt(backend, workspace: WorkspaceContext, hole: Hole, truth: str, text: str, offset: int, with_context: bool, settings) -> Attempt:

@@ -32,6 +32,7 @@ def fimble_env(tmp_path, tiny_checkpoint) -> Iterator[dict[str, str]]:
             FIMBLE_CONFIG=str(config),
             FIMBLE_RUNTIME_DIR=runtime_dir,
             FIMBLE_CACHE_DIR=str(tmp_path / "cache"),
+            FIMBLE_DATA_DIR=str(tmp_path / "data"),  # chat sessions stay out of the user's
         )
         yield env
         subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=30)
