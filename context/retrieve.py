@@ -188,14 +188,12 @@ def imports_by_use(text: str, prefix: str) -> tuple[list[str], list[str], list[s
     cursor is about to use), used only below the cursor, and used above it. The file shows how it
     calls the names it uses; of the others it shows nothing but the name."""
     imported = list(dict.fromkeys(imported_names(text)))
-    code_above = _PY_IMPORT.sub("", prefix)
-    code_below = text[len(prefix) :]
-
-    def used_in(code: str, name: str) -> bool:
-        return re.search(rf"\b{re.escape(name)}\b", code) is not None
-
-    above = [name for name in imported if used_in(code_above, name)]
-    below = [name for name in imported if name not in above and used_in(code_below, name)]
+    # One pass over each side into a set: a regex per name took 0.49 s on a 280 KB file with 152
+    # imports (transformers' modeling_utils.py), on every keystroke.
+    names_above = set(_IDENTIFIER.findall(_PY_IMPORT.sub("", prefix)))
+    names_below = set(_IDENTIFIER.findall(text[len(prefix) :]))
+    above = [name for name in imported if name in names_above]
+    below = [name for name in imported if name not in names_above and name in names_below]
     nowhere = [name for name in imported if name not in above and name not in below]
     return nowhere, below, above
 
