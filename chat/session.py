@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +25,8 @@ from typing import Any
 
 import msgpack
 import platformdirs
+
+from context.store import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class SessionStore:
         session.updated = time.time()
         data = msgpack.packb(_session_to_document(session), use_bin_type=True)
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as error:
             raise SessionSaveError(
                 f"could not save the chat session to {path} ({error}); the answer is kept in the editor "
@@ -289,31 +290,3 @@ def _typed(value: Any, expected: type | tuple[type, ...], name: str) -> Any:
     if not isinstance(value, expected) or isinstance(value, bool):
         raise TypeError(f"{name} is {type(value).__name__}")
     return value
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:  # mkstemp makes it 0600
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable; best effort (not every filesystem allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -131,29 +131,32 @@ class IndexStore:
         data = msgpack.packb(document, use_bin_type=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_atomically(data)
+            write_atomically(self.path, data)
         except OSError as exc:
             raise StoreSaveError(
                 f"could not save the index to {self.path} ({exc}); Fimble keeps working from memory "
                 f"and rebuilds on the next start. Check free space and permissions in {self.path.parent}."
             ) from exc
 
-    def _write_atomically(self, data: bytes) -> None:
-        fd, temp_name = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
-            os.replace(temp_name, self.path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(self.path.parent)
-
     def _discard(self, why: str) -> dict[str, FileEntry]:
         logger.warning("ignoring the index store %s: %s; the workspace will be re-indexed", self.path, why)
         return {}
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, never a mix; a
+    crash or a full disk mid-write leaves the old file whole. The temp file is created 0600."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
