@@ -11,11 +11,24 @@ the infilling benchmark uses.
 
 The Qwen2.5-Coder technical report gives 61.6% HumanEval pass@1 for Qwen2.5-Coder-0.5B-Instruct;
 this path should lose at most 3 points of it to prompt or extraction mistakes.
+
+    python benchmarks/chat_humaneval.py --prompt reference --out benchmarks/results/chat_humaneval_reference.json
+
+asks the same model the way Qwen's own evaluation does (EvalPlus's instruct prompt, the template's
+default system prompt, and the answer started with EvalPlus's response prefix), on the same engine,
+so the two runs side by side separate what our prompt and extraction cost from what the weights
+cost: the embedded GGUF is Q4_K_M (converted from the AWQ checkpoint), not the bf16 weights the
+report measured.
+
+    python benchmarks/chat_humaneval.py --rescore [--out ...]
+
+scores the saved answers again (after a change to extraction), without the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import os
@@ -35,6 +48,7 @@ from benchmarks.sandbox import SandboxLimits, run_python  # noqa: E402
 from chat.service import ChatRequest, ChatService  # noqa: E402
 from chat.session import SessionStore  # noqa: E402
 from completion.backends import EngineBackend  # noqa: E402
+from completion.service import GenerationCall  # noqa: E402
 from models.config import load_role_config  # noqa: E402
 from models.pool import EnginePool  # noqa: E402
 from models.spec import Role  # noqa: E402
@@ -42,6 +56,15 @@ from models.spec import Role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORTED_PASS_AT_1 = 0.616  # Qwen2.5-Coder technical report (arXiv 2409.12186), 0.5B-Instruct, HumanEval
 QUESTION = "Complete the following Python function. Reply with the whole function in one Python code block.\n\n```python\n{prompt}```"
+# EvalPlus's instruct-model prompt and response prefix, which Qwen2.5-Coder's evaluation uses.
+REFERENCE_INSTRUCTION = (
+    "Please provide a self-contained Python script that solves the following problem in a markdown code block:\n"
+    "```\n{prompt}\n```\n"
+)
+REFERENCE_RESPONSE_PREFIX = (
+    "Below is a Python script with a self-contained function that solves the problem and passes corresponding tests:\n"
+    "```python\n"
+)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -56,10 +79,15 @@ class Record:
     error: str
 
 
-def code_from_answer(answer: str, entry_point: str) -> str:
+def code_from_answer(answer: str, entry_point: str, cut: bool = False) -> str:
     """The answer's code block that defines the function (else its first Python block, else the
-    first block); an answer without fences is taken whole. An unclosed last fence (the answer ran
-    out of tokens) counts up to the end."""
+    first block); an answer without fences is taken whole. An unclosed last fence counts up to the
+    end; when the answer was `cut` by the length cap, up to its last complete statement."""
+    code = _block_with(answer, entry_point)
+    return complete_statements(code) if cut else code
+
+
+def _block_with(answer: str, entry_point: str) -> str:
     blocks = [(language.lower(), body) for language, body in _FENCE.findall(answer)]
     if not blocks:
         return answer
@@ -68,6 +96,20 @@ def code_from_answer(answer: str, entry_point: str) -> str:
             return body
     python = [body for language, body in blocks if language in ("python", "py", "python3")]
     return (python or [blocks[0][1]])[0]
+
+
+def complete_statements(code: str) -> str:
+    """The longest run of whole lines from the start that parses. An answer cut by the length
+    cap often holds a finished function and then a test loop cut mid-line (EvalPlus's prompt asks
+    for tests): scored whole, that is a SyntaxError that says nothing of the function."""
+    lines = code.split("\n")
+    while lines:
+        try:
+            ast.parse("\n".join(lines))
+            break
+        except SyntaxError:
+            lines.pop()
+    return "\n".join(lines)
 
 
 def program_for(problem: Problem, code: str) -> str:
@@ -79,15 +121,37 @@ async def solve(service: ChatService, problem: Problem, max_tokens: int, limits:
     started = time.perf_counter()
     answer = await service.ask(ChatRequest(QUESTION.format(prompt=problem.prompt), max_answer_tokens=max_tokens))
     seconds = time.perf_counter() - started
-    code = code_from_answer(answer.text, problem.entry_point)
+    return await checked(problem, answer.text, answer.finish_reason, seconds, limits)
+
+
+async def checked(problem: Problem, answer: str, finish_reason: str, seconds: float, limits: SandboxLimits) -> Record:
+    """The answer's code run against the problem's tests."""
+    code = code_from_answer(answer, problem.entry_point, cut=finish_reason == "length")
     result = await asyncio.to_thread(run_python, program_for(problem, code), limits)
-    return Record(problem.task_id, result.passed, code, answer.text, answer.finish_reason, seconds, "" if result.passed else result.stderr_tail[-300:])
+    return Record(problem.task_id, result.passed, code, answer, finish_reason, seconds, "" if result.passed else result.stderr_tail[-300:])
 
 
-async def run(service: ChatService, problems: list[Problem], max_tokens: int, limits: SandboxLimits) -> list[Record]:
+def reference_prompt(tokenizer, problem: Problem) -> str:
+    """EvalPlus's prompt as a single user turn (the template adds its default system prompt), with
+    the assistant's answer already started by the response prefix."""
+    messages = [{"role": "user", "content": REFERENCE_INSTRUCTION.format(prompt=problem.prompt.strip())}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + REFERENCE_RESPONSE_PREFIX
+
+
+async def solve_reference(backend: EngineBackend, problem: Problem, max_tokens: int, limits: SandboxLimits) -> Record:
+    """Qwen's evaluation prompt on the same engine, bypassing Fimble's chat prompt."""
+    tokenizer = await backend.tokenizer(Role.CHAT)
+    started = time.perf_counter()
+    call = GenerationCall(Role.CHAT, tokenizer.encode(reference_prompt(tokenizer, problem), add_special_tokens=False), max_tokens, stop_strings=("\n```",))
+    generated = await backend.generate(call)
+    seconds = time.perf_counter() - started
+    return await checked(problem, REFERENCE_RESPONSE_PREFIX + generated.text, generated.finish_reason, seconds, limits)
+
+
+async def run(solve_one, problems: list[Problem]) -> list[Record]:
     records = []
     for problem in problems:
-        records.append(await solve(service, problem, max_tokens, limits))
+        records.append(await solve_one(problem))
         if len(records) % 10 == 0 or len(records) == len(problems):
             passed = sum(record.passed for record in records)
             print(f"{len(records)}/{len(problems)}: pass@1 {passed / len(records):.1%}", flush=True)
@@ -99,38 +163,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems (quick runs)")
     parser.add_argument("--max-tokens", type=int, default=512, help="answer length cap")
     parser.add_argument("--out", type=Path, default=RESULTS / "chat_humaneval.json")
+    parser.add_argument(
+        "--prompt", choices=("fimble", "reference"), default="fimble", help="Fimble's chat path, or Qwen's evaluation prompt (EvalPlus)"
+    )
+    parser.add_argument(
+        "--rescore", action="store_true", help="score the answers saved next to --out again (after a change to extraction), without the model"
+    )
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(args.out)
 
     problems = load_problems()[: args.limit]
     pool = EnginePool(load_role_config())
     try:
         with tempfile.TemporaryDirectory() as data:
-            service = ChatService(SessionStore(Path(data)), EngineBackend(pool))
-            records = asyncio.run(run(service, problems, args.max_tokens, SandboxLimits()))
+            backend = EngineBackend(pool)
+            service = ChatService(SessionStore(Path(data)), backend)
+            limits = SandboxLimits()
+            if args.prompt == "fimble":
+                solve_one = lambda problem: solve(service, problem, args.max_tokens, limits)  # noqa: E731
+            else:
+                solve_one = lambda problem: solve_reference(backend, problem, args.max_tokens, limits)  # noqa: E731
+            records = asyncio.run(run(solve_one, problems))
         loaded = pool.engine_for(Role.CHAT).loaded
     finally:
         pool.close()
 
+    result = scores(records) | {
+        "max_answer_tokens": args.max_tokens,
+        "prompt": args.prompt,
+        "question": QUESTION if args.prompt == "fimble" else REFERENCE_INSTRUCTION + "[assistant] " + REFERENCE_RESPONSE_PREFIX,
+        "model": loaded.name,
+        "quantization": loaded.quantization,
+        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} vCPUs)",
+    }
+    write(args.out, result, records)
+    return 0
+
+
+def scores(records: list[Record]) -> dict:
     pass_at_1 = sum(record.passed for record in records) / len(records)
-    result = {
+    return {
         "pass_at_1": pass_at_1,
         "n": len(records),
         "reported_pass_at_1": REPORTED_PASS_AT_1,
         "points_below_reported": 100 * (REPORTED_PASS_AT_1 - pass_at_1),
         "answers_cut_by_length": sum(record.finish_reason == "length" for record in records),
         "p50_answer_s": statistics.median(record.seconds for record in records),
-        "max_answer_tokens": args.max_tokens,
-        "question": QUESTION,
-        "model": loaded.name,
-        "quantization": loaded.quantization,
-        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} vCPUs)",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    with args.out.with_name(args.out.stem + "_tasks.jsonl").open("w") as rows:
+
+
+def rescore(out: Path) -> int:
+    saved = [json.loads(line) for line in out.with_name(out.stem + "_tasks.jsonl").read_text().splitlines()]
+    problems = {problem.task_id: problem for problem in load_problems()}
+    limits = SandboxLimits()
+
+    async def again() -> list[Record]:
+        return [await checked(problems[row["task_id"]], row["answer"], row["finish_reason"], row["seconds"], limits) for row in saved]
+
+    records = asyncio.run(again())
+    write(out, json.loads(out.read_text()) | scores(records), records)
+    return 0
+
+
+def write(out: Path, result: dict, records: list[Record]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    with out.with_name(out.stem + "_tasks.jsonl").open("w") as rows:
         rows.writelines(json.dumps(asdict(record)) + "\n" for record in records)
     print(json.dumps(result, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

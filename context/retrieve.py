@@ -225,14 +225,14 @@ def definition_snippets(index, current_path: str, prefix: str, suffix: str, read
     for names, weight, stability in kinds:
         resolved = 0
         for name in names:
-            bodies = _definition_bodies(index, name, current_path, read_text)
+            bodies = definition_bodies(index, name, current_path, read_text)
             for body_path, body in bodies:
                 snippets.append(Snippet(body_path, body, weight / (1 + resolved), stability))
             resolved += bool(bodies)
     return dedupe(sorted(snippets, key=lambda s: s.score, reverse=True))
 
 
-def _definition_bodies(index, name: str, current_path: str, read_text: Callable[[str], str | None]) -> list[tuple[str, str]]:
+def definition_bodies(index, name: str, current_path: str, read_text: Callable[[str], str | None]) -> list[tuple[str, str]]:
     """(path, snippet) of up to three definitions of `name` in other files."""
     bodies = []
     for definition in index.definitions(name)[:3]:
