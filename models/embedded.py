@@ -5,10 +5,11 @@ converted once with transformers' GGUF loader into a safetensors checkpoint in t
 The conversion writes into a temporary directory that is renamed into place only when complete, so
 an interrupted conversion can never be mistaken for a good checkpoint.
 
-The GGUF is 4-bit: its metadata says file type 15 (llama.cpp's Q4_K_M; per tensor 133 Q5_0, 12 Q4_K,
-12 Q6_K, 13 Q8_0, the norms F32) and names it "Qwen2.5 Coder 0.5B Instruct AWQ", so it was made from
-the AWQ checkpoint. The conversion dequantizes it to fp32, which keeps its 4-bit rounding: quality
-figures measured on it sit below those published for the bf16 model (see README, Benchmarks).
+The GGUF's weights are 4- to 6-bit: its metadata says file type 15 (llama.cpp's Q4_K_M; of its
+tensors 133 are Q5_0, 12 Q4_K, 12 Q6_K, 13 Q8_0, and the norms F32) and names it "Qwen2.5 Coder 0.5B
+Instruct AWQ", so it was made from the AWQ checkpoint. The conversion dequantizes it to fp32, which
+keeps that rounding: quality measured on it sits below what is published for the bf16 model (see
+README, Benchmarks).
 """
 
 from __future__ import annotations
