@@ -70,13 +70,17 @@ def test_format_keeps_the_best_snippets_within_budget_in_stable_order():
 
 
 def test_a_variable_brings_the_class_it_holds():
-    from context.retrieve import names_near_cursor, types_of
+    from context.retrieve import declared_types, names_near_cursor, types_of
 
     prefix = "session = make_session()\nprepared_request = build(url)\nconsole: Console = get_console()\nworker = Pool(4)\n"
-    assert types_of("prepared_request", prefix) == ["PreparedRequest"]
-    assert types_of("console", prefix) == ["Console"]  # its annotation; its CamelCase name is the same
-    assert types_of("worker", prefix) == ["Pool", "Worker"]  # the constructor first
-    assert types_of("Console", prefix) == []  # a class is its own type
+    declared = declared_types(prefix)
+    assert types_of("prepared_request", declared) == ["PreparedRequest"]
+    assert types_of("console", declared) == ["Console"]  # its annotation; its CamelCase name is the same
+    assert types_of("worker", declared) == ["Pool", "Worker"]  # the constructor first
+    assert types_of("Console", declared) == []  # a class is its own type
+    # self.client = ..., an annotation in quotes, and a later assignment first.
+    later = declared_types("self.client = Client(a)\nother: 'Session'\nclient = Proxy(b)\n")
+    assert types_of("client", later) == ["Proxy", "Client"] and types_of("other", later) == ["Session", "Other"]
     near = names_near_cursor(prefix + "worker.", "")
     assert near[:3] == ["worker", "Pool", "Worker"]
 
