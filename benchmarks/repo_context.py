@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             backend = EngineBackend(pool)
             engine = pool.engine_for(Role.SINGLE_LINE)
-            model = {"name": engine.loaded.name, "quantization": engine.loaded.quantization}
+            # Threads matter for the latencies: FIMBLE_CONFIG may set fewer than the default.
+            model = {"name": engine.loaded.name, "quantization": engine.loaded.quantization, "torch_threads": torch.get_num_threads()}
             records = asyncio.run(run(holes, workspaces, backend, settings, args.cursor))
         finally:
             pool.close()
