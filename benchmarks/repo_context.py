@@ -60,6 +60,9 @@ from models.spec import Role  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("requests", "click", "rich", "jinja2", "urllib3")
 SEED = 20261125
+PER_PACKAGE, PER_FILE = 100, 12  # the default sample: 309 holes
+# Single-line completions, every one shown (the benchmark scores what the model writes).
+SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
 # Names that the standard library's types also have: a call to `.get` or `.update` is as likely a
 # dict's as the package's own method, and would not measure cross-file knowledge.
 _BUILTIN_NAMES = set(dir(builtins)).union(
@@ -224,6 +227,14 @@ def index_package(package: str, cache_dir: Path) -> WorkspaceContext:
     return workspace
 
 
+def sample_holes(cache_dir: Path, per_package: int = PER_PACKAGE, per_file: int = PER_FILE) -> tuple[dict[str, WorkspaceContext], dict[str, list[Hole]]]:
+    """Every package indexed, and the seeded sample of holes in each (the same draws every run)."""
+    rng = random.Random(SEED)
+    workspaces = {package: index_package(package, cache_dir) for package in PACKAGES}
+    holes = {p: choose_holes(p, workspaces[p].index, per_package, per_file, rng) for p in PACKAGES}
+    return workspaces, holes
+
+
 async def run(holes_by_package: dict[str, list[Hole]], workspaces: dict[str, WorkspaceContext], backend, settings, cursor: str) -> list[dict]:
     records = []
     total = sum(len(holes) for holes in holes_by_package.values())
@@ -309,8 +320,8 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-package", type=int, default=100, help="holes per package")
-    parser.add_argument("--per-file", type=int, default=12, help="at most this many holes from one file")
+    parser.add_argument("--per-package", type=int, default=PER_PACKAGE, help="holes per package")
+    parser.add_argument("--per-file", type=int, default=PER_FILE, help="at most this many holes from one file")
     parser.add_argument(
         "--cursor",
         choices=("call", "line-start"),
@@ -320,11 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "repo_context.json")
     args = parser.parse_args(argv)
 
-    rng = random.Random(SEED)
-    settings = CompletionSettings(multi_line=False, abstain_below_logprob=None)
     with tempfile.TemporaryDirectory() as cache:
-        workspaces = {package: index_package(package, Path(cache)) for package in PACKAGES}
-        holes = {p: choose_holes(p, workspaces[p].index, args.per_package, args.per_file, rng) for p in PACKAGES}
+        workspaces, holes = sample_holes(Path(cache), args.per_package, args.per_file)
         print("holes: " + ", ".join(f"{p} {len(h)}" for p, h in holes.items()), flush=True)
         pool = EnginePool(load_role_config())
         try:
@@ -332,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             engine = pool.engine_for(Role.SINGLE_LINE)
             # Threads matter for the latencies: FIMBLE_CONFIG may set fewer than the default.
             model = {"name": engine.loaded.name, "quantization": engine.loaded.quantization, "torch_threads": torch.get_num_threads()}
-            records = asyncio.run(run(holes, workspaces, backend, settings, args.cursor))
+            records = asyncio.run(run(holes, workspaces, backend, SETTINGS, args.cursor))
         finally:
             pool.close()
-    result = summary(records, settings, model)
+    result = summary(records, SETTINGS, model)
     result["cursor"] = args.cursor
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.repo_context import PACKAGES, RESULTS, SEED, Hole, choose_holes, document_with_hole, first_line, index_package  # noqa: E402
+from benchmarks.repo_context import RESULTS, SETTINGS, Hole, document_with_hole, first_line, sample_holes  # noqa: E402
 from completion.backends import EngineBackend  # noqa: E402
 from completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
 from context.retrieve import Snippet, definition_bodies, format_repo_context  # noqa: E402
@@ -98,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "repo_context_oracle.json")
     args = parser.parse_args(argv)
 
-    rng = random.Random(SEED)
-    settings = CompletionSettings(multi_line=False, abstain_below_logprob=None)
     with tempfile.TemporaryDirectory() as cache:
-        workspaces = {package: index_package(package, Path(cache)) for package in PACKAGES}
-        # The same draws as repo_context.py, so the holes are a subset of its sample.
-        sample = [hole for p in PACKAGES for hole in choose_holes(p, workspaces[p].index, 100, 12, rng)]
+        # repo_context.py's default sample, so the holes are a subset of it.
+        workspaces, by_package = sample_holes(Path(cache))
+        sample = [hole for holes in by_package.values() for hole in holes]
         holes = sample[:: args.every]
         print(f"{len(holes)} of {len(sample)} holes", flush=True)
         pool = EnginePool(load_role_config())
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = pool.engine_for(Role.SINGLE_LINE)
             # Threads matter for the latencies: FIMBLE_CONFIG may set fewer than the default.
             model = {"name": engine.loaded.name, "quantization": engine.loaded.quantization, "torch_threads": torch.get_num_threads()}
-            records = asyncio.run(run(holes, workspaces, EngineBackend(pool), settings, args.cursor))
+            records = asyncio.run(run(holes, workspaces, EngineBackend(pool), SETTINGS, args.cursor))
         finally:
             pool.close()
 
