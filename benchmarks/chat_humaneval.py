@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.humaneval_tasks import Problem, check_program, load_problems  # noqa: E402
 from benchmarks.sandbox import SandboxLimits, run_python  # noqa: E402
-from chat.service import ChatRequest, ChatService  # noqa: E402
-from chat.session import SessionStore  # noqa: E402
-from completion.backends import EngineBackend  # noqa: E402
-from completion.service import GenerationCall  # noqa: E402
-from models.config import load_role_config  # noqa: E402
-from models.pool import EnginePool  # noqa: E402
-from models.spec import Role  # noqa: E402
+from fimble.chat.service import ChatRequest, ChatService  # noqa: E402
+from fimble.chat.session import SessionStore  # noqa: E402
+from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.completion.service import GenerationCall  # noqa: E402
+from fimble.models.config import load_role_config  # noqa: E402
+from fimble.models.pool import EnginePool  # noqa: E402
+from fimble.models.spec import Role  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORTED_PASS_AT_1 = 0.616  # Qwen2.5-Coder technical report (arXiv 2409.12186), 0.5B-Instruct, HumanEval

@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat.service import AttachmentRequest, ChatRequest, ChatService, ChatWorkspace  # noqa: E402
-from chat.session import SessionStore  # noqa: E402
-from completion.backends import EngineBackend  # noqa: E402
-from models.config import load_role_config  # noqa: E402
-from models.engine import EngineConfig  # noqa: E402
-from models.pool import EnginePool  # noqa: E402
-from models.spec import Role  # noqa: E402
+from fimble.chat.service import AttachmentRequest, ChatRequest, ChatService, ChatWorkspace  # noqa: E402
+from fimble.chat.session import SessionStore  # noqa: E402
+from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.models.config import load_role_config  # noqa: E402
+from fimble.models.engine import EngineConfig  # noqa: E402
+from fimble.models.pool import EnginePool  # noqa: E402
+from fimble.models.spec import Role  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTIONS = (
@@ -84,7 +84,7 @@ async def conversation(services: dict[str, ChatService], max_tokens: int) -> dic
 
 def warm_up(pool: EnginePool) -> None:
     """Load the model and run one tiny request, so turn 1 measures a prompt, not a model load."""
-    from models.engine import GenerationRequest
+    from fimble.models.engine import GenerationRequest
 
     engine = pool.engine_for(Role.CHAT)
     engine.generate(GenerationRequest(engine.tokenizer.encode("Hello", add_special_tokens=False), Role.CHAT, 2))
@@ -92,7 +92,7 @@ def warm_up(pool: EnginePool) -> None:
 
 def decode_tok_s(pool: EnginePool, tokens: int = 128) -> float:
     """Decode speed of the chat engine on a short prompt, from the engine's own stats."""
-    from models.engine import GenerationRequest
+    from fimble.models.engine import GenerationRequest
 
     engine = pool.engine_for(Role.CHAT)
     ids = engine.tokenizer.encode("Write a Python function that parses an ISO date.", add_special_tokens=False)

@@ -262,7 +262,7 @@ class FimbleSession:
 
 def fimble_command() -> list[str]:
     executable = shutil.which("fimble")
-    return [executable] if executable else [sys.executable, "-m", "lsp_server.cli"]
+    return [executable] if executable else [sys.executable, "-m", "fimble"]
 
 
 # --- Running a task set ---------------------------------------------------------------------------
@@ -354,10 +354,10 @@ def abstain_tradeoff(records: list[TaskRecord], thresholds: list[float | None] =
 def model_and_quantization(label: str | None) -> tuple[str, str]:
     """The single_line role's model and the quantization the server will use, resolved from the
     config the way the server resolves it. (`fimble models` prints the unresolved "auto" label.)"""
-    from models.config import load_role_config
-    from models.embedded import EMBEDDED_MODEL_NAME
-    from models.loading import ModelLoadError, resolve_device, resolve_quantization
-    from models.spec import EMBEDDED, Role
+    from fimble.models.config import load_role_config
+    from fimble.models.embedded import EMBEDDED_MODEL_NAME
+    from fimble.models.loading import ModelLoadError, resolve_device, resolve_quantization
+    from fimble.models.spec import EMBEDDED, Role
 
     spec = load_role_config().spec_for(Role.SINGLE_LINE)
     model = EMBEDDED_MODEL_NAME if spec.source == EMBEDDED else spec.source

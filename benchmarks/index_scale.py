@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from context.indexer import WorkspaceIndex  # noqa: E402
-from context.store import IndexStore  # noqa: E402
-from lsp_server.workspace_context import WorkspaceContext  # noqa: E402
+from fimble.context.indexer import WorkspaceIndex  # noqa: E402
+from fimble.context.store import IndexStore  # noqa: E402
+from fimble.lsp_server.workspace_context import WorkspaceContext  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EDITED_FILE = "models/bert/modeling_bert.py"

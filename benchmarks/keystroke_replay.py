@@ -28,12 +28,12 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from completion.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, QWEN_CODER_STOP_IDS, FimBudget, prefix_window_start, suffix_window  # noqa: E402
-from models.embedded import EMBEDDED_MODEL_NAME, concatenate_parts, ensure_embedded_checkpoint, find_gguf_parts  # noqa: E402
-from models.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
-from models.loading import default_threads  # noqa: E402
-from models.pool import start_engine  # noqa: E402
-from models.spec import ModelSpec  # noqa: E402
+from fimble.completion.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, QWEN_CODER_STOP_IDS, FimBudget, prefix_window_start, suffix_window  # noqa: E402
+from fimble.models.embedded import EMBEDDED_MODEL_NAME, concatenate_parts, ensure_embedded_checkpoint, find_gguf_parts  # noqa: E402
+from fimble.models.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
+from fimble.models.loading import default_threads  # noqa: E402
+from fimble.models.pool import start_engine  # noqa: E402
+from fimble.models.spec import ModelSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_NEW_TOKENS = 24

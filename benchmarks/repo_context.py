@@ -48,14 +48,14 @@ from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from completion.backends import EngineBackend  # noqa: E402
-from completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
-from context.indexer import WorkspaceIndex  # noqa: E402
-from context.store import IndexStore  # noqa: E402
-from lsp_server.workspace_context import WorkspaceContext  # noqa: E402
-from models.config import load_role_config  # noqa: E402
-from models.pool import EnginePool  # noqa: E402
-from models.spec import Role  # noqa: E402
+from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
+from fimble.context.indexer import WorkspaceIndex  # noqa: E402
+from fimble.context.store import IndexStore  # noqa: E402
+from fimble.lsp_server.workspace_context import WorkspaceContext  # noqa: E402
+from fimble.models.config import load_role_config  # noqa: E402
+from fimble.models.pool import EnginePool  # noqa: E402
+from fimble.models.spec import Role  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("requests", "click", "rich", "jinja2", "urllib3")

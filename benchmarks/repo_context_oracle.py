@@ -28,13 +28,13 @@ from rapidfuzz import fuzz
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.repo_context import RESULTS, SETTINGS, Hole, document_with_hole, first_line, sample_holes  # noqa: E402
-from completion.backends import EngineBackend  # noqa: E402
-from completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
-from context.retrieve import Snippet, definition_bodies, format_repo_context  # noqa: E402
-from lsp_server.workspace_context import WorkspaceContext  # noqa: E402
-from models.config import load_role_config  # noqa: E402
-from models.pool import EnginePool  # noqa: E402
-from models.spec import Role  # noqa: E402
+from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
+from fimble.context.retrieve import Snippet, definition_bodies, format_repo_context  # noqa: E402
+from fimble.lsp_server.workspace_context import WorkspaceContext  # noqa: E402
+from fimble.models.config import load_role_config  # noqa: E402
+from fimble.models.pool import EnginePool  # noqa: E402
+from fimble.models.spec import Role  # noqa: E402
 
 CONDITIONS = ("none", "retrieved", "oracle")
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
-from chat.session import Attachment, ChatSession, Message
-from context.languages import language_id_for_path
+from fimble.chat.session import Attachment, ChatSession, Message
+from fimble.context.languages import language_id_for_path
 
 SYSTEM_PROMPT = (
     "You are Fimble, a coding assistant inside the user's code editor. "

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from chat.prompt import fenced_code
-from context.retrieve import MAX_DEFINITION_LINES, Snippet, definition_snippet
+from fimble.chat.prompt import fenced_code
+from fimble.context.retrieve import MAX_DEFINITION_LINES, Snippet, definition_snippet
 
 CHUNK_LINES = 20
 # How many times a definition's name counts in its own document: the question "how is the backoff

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-from chat.prompt import ChatBudget, ChatPromptTooLong, Tokenizer, build_chat_prompt
-from chat.session import Attachment, ChatSession, CorruptSessionError, Message, SessionListing, SessionStore, title_from
-from completion.service import GenerationCall, Generated
-from context.files import UnindexableFile, path_reason, read_source, secret_content_kind, secret_name_pattern
-from models.daemon_client import DaemonRequestError, DaemonUnavailableError
-from models.spec import Role
+from fimble.chat.prompt import ChatBudget, ChatPromptTooLong, Tokenizer, build_chat_prompt
+from fimble.chat.session import Attachment, ChatSession, CorruptSessionError, Message, SessionListing, SessionStore, title_from
+from fimble.completion.service import GenerationCall, Generated
+from fimble.context.files import UnindexableFile, path_reason, read_source, secret_content_kind, secret_name_pattern
+from fimble.models.daemon_client import DaemonRequestError, DaemonUnavailableError
+from fimble.models.spec import Role
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ class ChatService:
         Runs in a worker thread: the first search of a workspace reads its files."""
         if workspace.index is None or budget.retrieved_tokens <= 0:
             return ""
-        from chat.retrieve import SymbolSearch, retrieved_context
+        from fimble.chat.retrieve import SymbolSearch, retrieved_context
 
         try:
             with self._search_lock:

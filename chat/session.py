@@ -21,12 +21,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
-import platformdirs
 
-from context.store import write_atomically
+from fimble import dirs
+from fimble.context.store import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,12 @@ _SESSION_FILE = re.compile(r"([0-9a-f]{32})\.msgpack")
 # What a session holds
 
 
+AttachmentKind = Literal["selection", "file", "symbol"]
+
+
 @dataclass
 class Attachment:
-    kind: str  # "selection" | "file" | "symbol" | "retrieved"
+    kind: AttachmentKind
     path: str  # workspace-relative path shown to the model ("" for none)
     text: str
     start_line: int | None = None  # 0-based, selections and symbols
@@ -133,8 +136,7 @@ class SessionListing:
 
 
 def default_chats_dir() -> Path:
-    data = os.environ.get("FIMBLE_DATA_DIR")
-    return (Path(data) if data else Path(platformdirs.user_data_dir("fimble"))) / "chats"
+    return dirs.data_dir() / "chats"
 
 
 class SessionStore:

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from typing import Callable
 from tokenizers import Tokenizer as RustTokenizer
 
-from completion.prompt import QWEN_CODER_STOP_IDS
-from completion.service import GenerationCall, Generated
-from models.spec import Role
+from fimble.completion.prompt import QWEN_CODER_STOP_IDS
+from fimble.completion.service import GenerationCall, Generated
+from fimble.models.spec import Role
 
 
 class ServedTokenizer:
@@ -89,7 +89,7 @@ class EngineBackend:
 
     async def generate(self, call: GenerationCall, on_text: Callable[[str], None] | None = None) -> Generated:
         """`on_text` sees each streamed delta, on the event loop (chat); completions pass none."""
-        from models.engine import GenerationRequest
+        from fimble.models.engine import GenerationRequest
 
         loop = asyncio.get_running_loop()
 

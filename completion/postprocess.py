@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from completion.syntax import (
+from fimble.completion.syntax import (
     CLOSERS,
     CursorText,
     OPENERS,
@@ -24,7 +24,7 @@ from completion.syntax import (
     parse_with_insertion,
     uses_indentation_blocks,
 )
-from completion.trigger import CompletionMode
+from fimble.completion.trigger import CompletionMode
 
 
 class _Surroundings(CursorText):

@@ -4,8 +4,8 @@
 
 Prompt order is PSM. Everything after the edit point is recomputed on each keystroke, so the suffix
 budget is small, and the prefix window starts at a line that moves rarely (see
-`prefix_window_start`) so it stays in the prefix cache. The repository context slot comes first
-because it changes least; the context issue fills it.
+`prefix_window_start`) so it stays in the prefix cache. The repository context (context/retrieve.py)
+comes first because it changes least.
 
 Line-start healing: when the cursor sits at the start of a line (or in its indentation), the
 prompt's prefix stops before the line break instead, and the model writes the break and the
@@ -114,11 +114,6 @@ def suffix_window(suffix: str, tokenizer: Tokenizer, budget: FimBudget) -> str:
     return suffix[: cut + 1] if cut >= 0 else ""
 
 
-def build_fim_prompt(text: str, cursor: Cursor, tokenizer: Tokenizer, budget: FimBudget = FimBudget()) -> FimPrompt:
-    prefix, suffix = split_at_cursor(text, cursor)
-    return build_fim_prompt_around(prefix, suffix, tokenizer, budget)
-
-
 def build_fim_prompt_around(
     prefix: str, suffix: str, tokenizer: Tokenizer, budget: FimBudget = FimBudget(), context: str = "", heal: bool = True
 ) -> FimPrompt:
@@ -159,9 +154,4 @@ def strip_healed(generated: str, healed: str) -> str:
     if not healed or generated.startswith(healed):
         return generated[len(healed) :]
     return ""
-
-
-def first_line(completion: str) -> str:
-    """A single-line completion ends at the first line break."""
-    return completion.split("\n", 1)[0].rstrip("\r")
 

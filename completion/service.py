@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from completion.postprocess import cut_where_code_below_resumes, postprocess
-from completion.prompt import FimBudget, FimPrompt, Tokenizer, build_fim_prompt_around, strip_healed
-from completion.trigger import CompletionMode, decide_mode
-from models.spec import Role
+from fimble.completion.postprocess import cut_where_code_below_resumes, postprocess
+from fimble.completion.prompt import FimBudget, FimPrompt, Tokenizer, build_fim_prompt_around, strip_healed
+from fimble.completion.trigger import CompletionMode, decide_mode
+from fimble.models.spec import Role
 
 ROLE_FOR_MODE = {CompletionMode.SINGLE_LINE: Role.SINGLE_LINE, CompletionMode.MULTI_LINE: Role.MULTI_LINE}
 

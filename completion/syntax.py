@@ -15,7 +15,7 @@ from functools import cached_property
 
 from tree_sitter import Language, Node, Parser, Tree
 
-from context import languages
+from fimble.context import languages
 
 # The languages whose trees the completion path's checks (trigger, post-processing) were tested
 # on. The index parses more (Java, C, C++, Ruby); here those keep the text heuristics until tested:
@@ -75,11 +75,6 @@ def _error_subtrees(node: Node) -> Iterator[Node]:
     yield node
     for child in node.children:
         yield from _error_subtrees(child)
-
-
-def node_at(tree: Tree, byte_offset: int) -> Node:
-    """The smallest node that spans the byte offset (its start <= offset <= its end)."""
-    return tree.root_node.descendant_for_byte_range(byte_offset, byte_offset) or tree.root_node
 
 
 def ancestors(node: Node | None) -> Iterator[Node]:

@@ -15,7 +15,7 @@ from functools import cached_property
 
 from tree_sitter import Node, Tree
 
-from completion.syntax import (
+from fimble.completion.syntax import (
     CLOSERS,
     CursorText,
     ancestors,

@@ -1,1 +1,2 @@
-"""The tree-sitter index of the workspace that feeds repository context into prompts (see the context issue)."""
+"""Repository context: a tree-sitter index of the workspace's definitions, kept current as files
+change, and the snippets retrieved from it for a prompt."""

@@ -9,7 +9,6 @@ Two stages, so that a restart with nothing changed reads no file contents:
   size cap, symlinks, non-regular files);
 - `read_source` decides from contents (binary, non-UTF-8, private keys and tokens) when a file is
   actually read, raising `UnindexableFile`.
-`skip_reason` runs both stages for one path (for the watcher: a single file changed on disk).
 
 Directory choices: only VCS internals (`.git`, `.hg`, `.svn`) and `node_modules` are pruned by
 name, because they are never the user's source and are huge. `__pycache__`, `dist`, `build`,
@@ -189,7 +188,7 @@ class IgnoreRules:
     Git's precedence: the ignore files nearest to a path win (a nested `.gitignore` can negate its
     parent's pattern); within one directory the last matching pattern wins; `.git/info/exclude`
     ranks below every `.gitignore`. A path under an ignored directory is ignored whatever its own
-    patterns say, which the walk gets by not descending and `skip_reason` by checking parents.
+    patterns say, which the walk gets by not descending and `path_reason` by checking parents.
     """
 
     def __init__(self, root: Path) -> None:
@@ -354,29 +353,6 @@ def _workspace_relative(root: Path, path: Path) -> Path | None:
     for base in (Path(os.path.abspath(root)), root.resolve()):
         if candidate.is_relative_to(base):
             return candidate.relative_to(base)
-    return None
-
-
-def skip_reason(
-    root: Path, path: Path, limits: FileLimits = FileLimits(), rules: IgnoreRules | None = None
-) -> str | None:
-    """Why one file under `root` must not be indexed, or None; reads the file. Pass `rules` to
-    reuse loaded ignore files across calls (the watcher does)."""
-    reason = path_reason(root, path, rules)
-    if reason is not None:
-        return reason
-    path = root.resolve() / _workspace_relative(root, path)
-    try:
-        st = path.lstat()
-    except OSError as exc:
-        return f"{SkipKind.UNREADABLE}: {exc.strerror}"
-    reason = _stat_reason(st.st_mode, st.st_size, limits)
-    if reason is not None:
-        return reason
-    try:
-        read_source(path, limits)
-    except UnindexableFile as exc:
-        return exc.reason
     return None
 
 

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from context.files import IGNORE_FILE_NAMES, FileLimits, IgnoreRules, UnindexableFile, iter_workspace_files, path_reason, read_source, secret_content_kind
-from context.languages import Symbol, extract_symbols, language_id_for_path
-from context.store import FileEntry, IndexStore, is_unchanged
+from fimble.context.files import IGNORE_FILE_NAMES, FileLimits, IgnoreRules, UnindexableFile, iter_workspace_files, path_reason, read_source, secret_content_kind
+from fimble.context.languages import Symbol, extract_symbols, language_id_for_path
+from fimble.context.store import FileEntry, IndexStore, is_unchanged
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tree-sitter grammars, and the definitions and references in a file, for the workspace index.
+"""Tree-sitter grammars, and the definitions in a file, for the workspace index.
 
 This is the one place grammars are loaded (`completion/syntax.py` gets them from here). Each comes
 from its own PyPI wheel, loaded once per process; nothing is downloaded or compiled at run time:
@@ -15,11 +15,11 @@ from its own PyPI wheel, loaded once per process; nothing is downloaded or compi
 | cpp                            | tree-sitter-cpp        | .cc .cpp .cxx .c++ .hh .hpp .hxx  |
 | ruby                           | tree-sitter-ruby       | .rb .rake .gemspec                |
 
-Symbols come from the `queries/tags.scm` that every one of these wheels ships (the same queries as
-GitHub's code navigation), plus a few patterns of ours where a wheel's file lacks something we need
-(see `_EXTRA_TAGS`). A definition's range is the whole definition (what retrieval cuts out as a
-snippet); a reference's range is its name. Lines and columns are 0-based; columns count code points,
-not the UTF-8 bytes that tree-sitter counts.
+Definitions come from the `queries/tags.scm` that every one of these wheels ships (the same
+queries as GitHub's code navigation). Their reference patterns are not used: retrieval finds the
+names near the cursor from the text itself (context/retrieve.py). A definition's range is the whole
+definition (what retrieval cuts out as a snippet). Lines and columns are 0-based; columns count
+code points, not the UTF-8 bytes that tree-sitter counts.
 """
 
 from __future__ import annotations
@@ -36,20 +36,18 @@ from tree_sitter import Language, Node, Parser, Query, QueryCursor, Tree
 @dataclass(frozen=True)
 class Symbol:
     name: str
-    kind: str  # "function", "class", "method", "module", "interface", "type", "constant", "call", ...
-    is_definition: bool
+    kind: str  # "function", "class", "method", "module", "interface", "type", "constant", ...
     start_line: int  # 0-based
     start_column: int  # 0-based, code points
     end_line: int
     end_column: int
-    signature: str = ""  # definitions: the first line of the definition, stripped
+    signature: str = ""  # the first line of the definition, stripped
 
 
 @dataclass(frozen=True)
 class FileSymbols:
     language_id: str
     definitions: tuple[Symbol, ...]
-    references: tuple[Symbol, ...]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,23 +105,18 @@ def language_for(language_id: str) -> Language | None:
     return _load_grammar(*grammar) if grammar else None
 
 
-def parse(text: str, language_id: str, old_tree: Tree | None = None) -> Tree | None:
-    """Parse a document; None when the language has no grammar.
-
-    `old_tree`, already brought up to date with `Tree.edit`, makes the parse incremental: only the
-    edited region is re-parsed.
-    """
+def parse(text: str, language_id: str) -> Tree | None:
+    """Parse a document; None when the language has no grammar."""
     language = language_for(language_id)
     if language is None:
         return None
     # A Parser costs well under a microsecond to make, and one per call is safe across threads.
     parser = Parser(language)
-    source = text.encode("utf-8")
-    return parser.parse(source, old_tree) if old_tree is not None else parser.parse(source)
+    return parser.parse(text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
-# Tag queries: the wheel's tags.scm, plus ours where it lacks something.
+# Tag queries: the wheel's tags.scm.
 # ---------------------------------------------------------------------------------------------
 
 # Which wheels' tags.scm a language runs. TypeScript's file only adds the TypeScript-only
@@ -132,16 +125,6 @@ _TAG_SOURCES: dict[str, tuple[str, ...]] = {
     "typescript": ("tree_sitter_javascript", "tree_sitter_typescript"),
     "typescriptreact": ("tree_sitter_javascript", "tree_sitter_typescript"),
 }
-
-# The C and C++ tags.scm have definitions only; calls are what retrieval resolves, so we add them.
-_C_CALLS = "(call_expression function: (identifier) @name) @reference.call\n"
-_EXTRA_TAGS: dict[str, str] = {
-    "c": _C_CALLS,
-    "cpp": _C_CALLS
-    + "(call_expression function: (field_expression field: (field_identifier) @name)) @reference.call\n"
-    + "(call_expression function: (qualified_identifier name: (identifier) @name)) @reference.call\n",
-}
-
 
 def _wheel_tags(module_name: str) -> str:
     """The queries/tags.scm shipped inside a grammar wheel ("" when it has none)."""
@@ -159,7 +142,7 @@ def _tags_query(language_id: str) -> Query | None:
         return None
     default_module = _GRAMMARS[language_id][0]
     sources = [_wheel_tags(module) for module in _TAG_SOURCES.get(language_id, (default_module,))]
-    text = "\n".join([*sources, _EXTRA_TAGS.get(language_id, "")])
+    text = "\n".join(sources)
     # The binding evaluates #eq?/#match?/#any-of? (and their not- forms) itself and ignores the
     # directives it doesn't know (#strip!, #select-adjacent!, #set-adjacent!), which only shape
     # the @doc capture we don't use.
@@ -171,62 +154,39 @@ def _tags_query(language_id: str) -> Query | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def extract_symbols(text: str, language_id: str, old_tree: Tree | None = None) -> FileSymbols | None:
-    """The definitions and references of a file; None when the language has no grammar.
+def extract_symbols(text: str, language_id: str) -> FileSymbols | None:
+    """The definitions of a file; None when the language has no grammar.
 
     A file with syntax errors still yields what parses: tree-sitter recovers around the error.
     """
-    tree = parse(text, language_id, old_tree)
-    return None if tree is None else symbols_from_tree(tree, text, language_id)
-
-
-# A match's other captures are @name, @doc (unused) and helpers such as Ruby's @ignore.
-_TAG_PREFIXES = ("definition.", "reference.")
-
-
-def symbols_from_tree(tree: Tree, text: str, language_id: str) -> FileSymbols:
-    """The symbols of an already parsed file (so a caller that keeps the tree for incremental
-    parsing doesn't parse twice)."""
+    tree = parse(text, language_id)
+    if tree is None:
+        return None
     query = _tags_query(language_id)
     if query is None:
-        return FileSymbols(language_id, (), ())
+        return FileSymbols(language_id, ())
     lines = text.split("\n")
     definitions: dict[tuple[int, int], Symbol] = {}
-    references: dict[tuple[int, int], Symbol] = {}
     # Matches come in document order; when two patterns tag one name (Rust's method pattern and its
     # function pattern both match a method), the earlier pattern is the more specific one.
     matches = sorted(QueryCursor(query).matches(tree.root_node), key=lambda match: match[0])
-    for pattern_index, captures in matches:
+    for _, captures in matches:
         names = captures.get("name")
-        tag = next((capture for capture in captures if capture.startswith(_TAG_PREFIXES)), None)
-        if not names or tag is None or _excluded_local(query, pattern_index, names[0]):
+        # Other captures: @doc (unused), reference tags, and helpers such as Ruby's @ignore.
+        tag = next((capture for capture in captures if capture.startswith("definition.")), None)
+        if not names or tag is None:
             continue
-        name_node, tagged_node = names[0], captures[tag][0]
-        role, _, kind = tag.partition(".")
+        name_node, kind = names[0], tag.removeprefix("definition.")
         key = (name_node.start_byte, name_node.end_byte)
-        if role == "definition":
-            definitions.setdefault(key, _definition(name_node, tagged_node, kind, lines))
-        else:
-            references.setdefault(key, _symbol(name_node, name_node, kind, False, lines))
-    # A definition's own name is no reference (Ruby's tags tag every bare identifier as a call).
-    for key in definitions:
-        references.pop(key, None)
-    return FileSymbols(language_id, _in_document_order(definitions), _in_document_order(references))
-
-
-def _excluded_local(query: Query, pattern_index: int, name_node: Node) -> bool:
-    # Ruby tags bare identifiers as calls only when they are not local variables (`#is-not? local`),
-    # which needs a scope analysis the binding doesn't do. Without it a bare identifier could be
-    # either, so we drop those and keep constants, which are never locals.
-    asserts_not_local = query.pattern_assertions(pattern_index).get("local") == (None, False)
-    return asserts_not_local and name_node.type == "identifier"
+        definitions.setdefault(key, _definition(name_node, captures[tag][0], kind, lines))
+    return FileSymbols(language_id, tuple(symbol for _, symbol in sorted(definitions.items())))
 
 
 def _definition(name_node: Node, tagged_node: Node, kind: str, lines: list[str]) -> Symbol:
     node = _whole_declaration(tagged_node)
     if kind == "function" and _is_python_method(node):
         kind = "method"  # Python's tags call every `def` a function
-    return _symbol(name_node, node, kind, True, lines)
+    return _symbol(name_node, node, kind, lines)
 
 
 def _whole_declaration(node: Node) -> Node:
@@ -247,12 +207,12 @@ def _is_python_method(node: Node) -> bool:
     return parent.parent is not None and parent.parent.type == "class_definition"
 
 
-def _symbol(name_node: Node, range_node: Node, kind: str, is_definition: bool, lines: list[str]) -> Symbol:
+def _symbol(name_node: Node, range_node: Node, kind: str, lines: list[str]) -> Symbol:
     start_line, start_column = _code_point_position(range_node.start_point, lines)
     end_line, end_column = _code_point_position(range_node.end_point, lines)
-    signature = _signature_line(start_line, name_node.start_point[0], lines) if is_definition else ""
+    signature = _signature_line(start_line, name_node.start_point[0], lines)
     name = (name_node.text or b"").decode("utf-8", errors="replace")
-    return Symbol(name, kind, is_definition, start_line, start_column, end_line, end_column, signature)
+    return Symbol(name, kind, start_line, start_column, end_line, end_column, signature)
 
 
 def _signature_line(start_row: int, name_row: int, lines: list[str]) -> str:
@@ -274,6 +234,3 @@ def _code_point_position(point: tuple[int, int], lines: list[str]) -> tuple[int,
     line_bytes = lines[row].encode("utf-8")
     return row, len(line_bytes[:byte_column].decode("utf-8", errors="ignore"))
 
-
-def _in_document_order(symbols: dict[tuple[int, int], Symbol]) -> tuple[Symbol, ...]:
-    return tuple(symbol for _, symbol in sorted(symbols.items()))

@@ -31,13 +31,13 @@ from typing import Any
 
 import msgpack
 
-from models.embedded import default_cache_dir
+from fimble import dirs
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever the row layout, the symbol format or the file-selection rules change: old stores
 # are then rebuilt, so no entry vetted by older rules survives.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -63,7 +63,7 @@ def is_unchanged(entry: FileEntry, stat_result: os.stat_result) -> bool:
 
 def store_path_for(workspace_root: Path, cache_dir: Path | None = None) -> Path:
     key = hashlib.sha256(str(workspace_root.resolve()).encode("utf-8")).hexdigest()[:16]
-    return (cache_dir or default_cache_dir()) / "index" / f"{key}.msgpack"
+    return (cache_dir or dirs.cache_dir()) / "index" / f"{key}.msgpack"
 
 
 # ---------------------------------------------------------------------------------------------

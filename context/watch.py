@@ -30,7 +30,9 @@ class ChangeBatch:
 
 
 @dataclass
-class _Pending:
+class PendingChanges:
+    """The paths of a burst still under way, and when its first and latest events came."""
+
     changed: set[Path] = field(default_factory=set)
     deleted: set[Path] = field(default_factory=set)
     first_at: float | None = None
@@ -39,8 +41,15 @@ class _Pending:
     def add(self, path: Path, deleted: bool, now: float) -> None:
         (self.deleted if deleted else self.changed).add(path)
         (self.changed if deleted else self.deleted).discard(path)  # the latest event wins
-        self.first_at = self.first_at or now
+        if self.first_at is None:
+            self.first_at = now
         self.last_at = now
+
+    def due(self, now: float, quiet_s: float, max_wait_s: float) -> bool:
+        """Whether to hand the burst over: quiet for `quiet_s`, or under way for `max_wait_s`."""
+        if self.first_at is None:
+            return False
+        return now - self.last_at >= quiet_s or now - self.first_at >= max_wait_s
 
     def take(self) -> ChangeBatch:
         batch = ChangeBatch(frozenset(self.changed), frozenset(self.deleted))
@@ -56,7 +65,7 @@ class WorkspaceWatcher(FileSystemEventHandler):
         self.on_batch = on_batch
         self.quiet_s = quiet_s
         self.max_wait_s = max_wait_s
-        self._pending = _Pending()
+        self._pending = PendingChanges()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -97,8 +106,7 @@ class WorkspaceWatcher(FileSystemEventHandler):
                     pending = self._pending
                     if pending.first_at is None:
                         break
-                    now = time.monotonic()
-                    due = now - pending.last_at >= self.quiet_s or now - pending.first_at >= self.max_wait_s
+                    due = pending.due(time.monotonic(), self.quiet_s, self.max_wait_s)
                     batch = pending.take() if due else None
                 if batch is not None:
                     self._deliver(batch)

@@ -1,1 +1,1 @@
-"""The process edges: the `fimble` command line, and (with the LSP issue) the LSP server."""
+"""The process edges: the `fimble` command line and the LSP server that editors start."""

@@ -24,7 +24,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace import TextDocument
 
-from chat.service import AttachmentRequest, ChatAnswer, ChatChunk, ChatInputError, ChatRequest, ChatService, ChatWorkspace
+from fimble.chat.service import AttachmentRequest, ChatAnswer, ChatChunk, ChatInputError, ChatRequest, ChatService, ChatWorkspace
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ChatFeatures:
     @property
     def service(self) -> ChatService:
         if self._service is None:
-            from chat.session import SessionStore
+            from fimble.chat.session import SessionStore
 
             self._service = ChatService(SessionStore(), self.server.backend)
         return self._service

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from completion.prompt import Cursor
+from fimble.completion.prompt import Cursor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "complete":
             return run_complete(args.file, args.line, args.col, args.stats)
         if args.command == "lsp":
-            from lsp_server.server import run_stdio
+            from fimble.lsp_server.server import run_stdio
 
             return run_stdio()
         if args.command == "daemon":
@@ -61,13 +61,13 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
     in this process instead of the daemon. Invoked explicitly, so it never abstains."""
     import asyncio
 
-    from completion.backends import EngineBackend
-    from completion.prompt import split_at_cursor
-    from completion.service import CompletionRequest, complete
-    from context.languages import language_id_for_path
-    from lsp_server.settings import Settings
-    from models.config import load_role_config
-    from models.pool import EnginePool
+    from fimble.completion.backends import EngineBackend
+    from fimble.completion.prompt import split_at_cursor
+    from fimble.completion.service import CompletionRequest, complete
+    from fimble.context.languages import language_id_for_path
+    from fimble.lsp_server.settings import Settings
+    from fimble.models.config import load_role_config
+    from fimble.models.pool import EnginePool
 
     text = read_source(path)
     offset = len(split_at_cursor(text, Cursor(line - 1, col - 1))[0])
@@ -107,7 +107,7 @@ def run_chat(args) -> int:
     answer to stdout. Sessions are the editor's too: `--session ID` continues one from either."""
     import asyncio
 
-    from chat.session import SessionStore
+    from fimble.chat.session import SessionStore
 
     store = SessionStore()
     if args.list:
@@ -135,9 +135,9 @@ async def _chat_turns(args, store) -> int:
     import asyncio
     import signal
 
-    from chat.service import AttachmentRequest, ChatInputError, ChatRequest, ChatService, ChatWorkspace
-    from completion.backends import DaemonBackend
-    from models.daemon_client import DaemonClient
+    from fimble.chat.service import AttachmentRequest, ChatInputError, ChatRequest, ChatService, ChatWorkspace
+    from fimble.completion.backends import DaemonBackend
+    from fimble.models.daemon_client import DaemonClient
 
     client = DaemonClient()
     service = ChatService(store, DaemonBackend(client))
@@ -193,7 +193,7 @@ def _write(text: str) -> None:
 def _stored_index(root: Path):
     """The workspace index of `root` when one was built before (by an editor): `@symbol:` and
     retrieved definitions use it. No index is built from scratch for a command-line question."""
-    from context.indexer import WorkspaceIndex
+    from fimble.context.indexer import WorkspaceIndex
 
     index = WorkspaceIndex(root)
     if not index.store.load():
@@ -239,7 +239,7 @@ async def _next_line(lines, interrupted) -> str | None:
 def run_daemon_command(action: str) -> int:
     import asyncio
 
-    from models import daemon, daemon_client
+    from fimble.models import daemon, daemon_client
 
     if action == "run":
         logging.getLogger().setLevel(os.environ.get("FIMBLE_LOG", "INFO").upper())
@@ -253,12 +253,12 @@ def run_daemon_command(action: str) -> int:
 
 
 async def _daemon_client_action(action: str, daemon_client) -> int:
-    from models import wire
+    from fimble.models import wire
 
     client = daemon_client.DaemonClient(autostart=action == "start")
     try:
         await client.connect()
-    except daemon_client.DaemonUnavailableError as error:
+    except daemon_client.DaemonUnavailableError:
         if action == "stop":
             print("fimble: the daemon is not running")
             return 0
@@ -298,12 +298,13 @@ def print_daemon_status(status: dict) -> None:
 
 
 def run_models() -> int:
-    from models.config import default_config_path, load_role_config
-    from models.embedded import embedded_checkpoint_state
-    from models.spec import EMBEDDED, Role
+    from fimble import dirs
+    from fimble.models.config import load_role_config
+    from fimble.models.embedded import embedded_checkpoint_state
+    from fimble.models.spec import EMBEDDED, Role
 
     roles = load_role_config()
-    print(f"config: {default_config_path()}")
+    print(f"config: {dirs.config_file()}")
     for role in Role:
         spec = roles.spec_for(role)
         state = embedded_checkpoint_state() if spec.source == EMBEDDED else source_state(spec.source)
@@ -317,10 +318,7 @@ def source_state(source: str) -> str:
         return "remote (openai backend)"
     if Path(source).expanduser().exists():
         return "local directory"
-    from models.loading import is_in_hub_cache
+    from fimble.models.loading import is_in_hub_cache
 
     return "in the hub cache" if is_in_hub_cache(source) else "not downloaded (needs the network once)"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

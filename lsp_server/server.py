@@ -17,14 +17,14 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from completion.backends import DaemonBackend
-from completion.service import CompletionRequest, complete
-from lsp_server.chat import register_chat_features
-from lsp_server.debounce import AdaptiveDebounce
-from lsp_server.settings import Settings, parse_settings
-from lsp_server.workspace_context import WorkspaceContext
-from models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
-from models.spec import Role
+from fimble.completion.backends import DaemonBackend
+from fimble.completion.service import CompletionRequest, complete
+from fimble.lsp_server.chat import register_chat_features
+from fimble.lsp_server.debounce import AdaptiveDebounce
+from fimble.lsp_server.settings import Settings, parse_settings
+from fimble.lsp_server.workspace_context import WorkspaceContext
+from fimble.models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
+from fimble.models.spec import Role
 
 log = logging.getLogger(__name__)
 

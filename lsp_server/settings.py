@@ -42,8 +42,8 @@ class Settings:
 
 
     def completion(self):
-        from completion.prompt import FimBudget
-        from completion.service import CompletionSettings
+        from fimble.completion.prompt import FimBudget
+        from fimble.completion.service import CompletionSettings
 
         return CompletionSettings(
             multi_line=self.multi_line,

@@ -12,9 +12,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from context.indexer import IndexReport, WorkspaceIndex
-from context.retrieve import repository_context
-from context.watch import ChangeBatch, WorkspaceWatcher
+from fimble.context.indexer import IndexReport, WorkspaceIndex
+from fimble.context.retrieve import repository_context
+from fimble.context.watch import ChangeBatch, WorkspaceWatcher
 
 log = logging.getLogger(__name__)
 

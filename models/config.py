@@ -11,26 +11,20 @@ Roles left out use the embedded default. A bad file is an error that names the k
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 import typing
 from pathlib import Path
 
-import platformdirs
-
-from models.spec import ModelSpec, Role, RoleConfig
+from fimble import dirs
+from fimble.models.spec import ModelSpec, Role, RoleConfig
 
 
 class ConfigError(ValueError):
     """The config file is invalid; the message names the file and key."""
 
 
-def default_config_path() -> Path:
-    return Path(os.environ.get("FIMBLE_CONFIG") or Path(platformdirs.user_config_dir("fimble")) / "config.toml")
-
-
 def load_role_config(path: Path | None = None) -> RoleConfig:
-    path = path or default_config_path()
+    path = path or dirs.config_file()
     if not path.is_file():
         return RoleConfig()
     try:

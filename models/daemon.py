@@ -3,10 +3,10 @@
     unix socket (0600, in the user's runtime dir) -> Daemon._serve_connection -> Daemon._dispatch
         -> op handlers (_hello, _model, _generate, _cancel, _status, _shutdown) -> Engine.submit
 
-The event loop thread only moves frames. Models load in one loader thread (roles in priority
-order: single-line first), and each running request has a small thread that waits on the engine's
-stream. None of these threads runs torch ops: every thread that does gets its own OpenMP pool, and
-a second pool slowed decode by ~40% on 2 vCPUs (see models/pool.start_engine).
+The event loop thread only moves frames. A role's model loads in one loader thread when the
+first request for that role arrives, and each running request has a small thread that waits on the
+engine's stream. None of these threads runs torch ops: every thread that does gets its own OpenMP
+pool, and a second pool slowed decode by ~40% on 2 vCPUs (see models/pool.start_engine).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from models import wire
-from models.spec import Role, RoleConfig
+from fimble.models import wire
+from fimble.models.spec import Role, RoleConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Daemon:
         try:
             server = await _listen_private(path, self._serve_connection)
             log.info("listening on %s (pid %d)", path, os.getpid())
-            self._start_loading()
+            self._create_pool()
             idle = asyncio.create_task(self._exit_when_idle())
             async with server:
                 await self._stopping.wait()
@@ -128,15 +128,15 @@ class Daemon:
             path.unlink(missing_ok=True)
             lock.close()
 
-    def _start_loading(self) -> None:
-        """Load every role's engine in the background, single-line first; requests await theirs."""
+    def _create_pool(self) -> None:
+        """The pool loads a role's model on the first request that needs it: a role nobody asks
+        for costs no memory, and roles with equal specs share one load. `fimble lsp` asks for the
+        single-line model as soon as an editor window opens."""
         if isinstance(self.roles, Exception):
             return
-        from models.pool import EnginePool  # torch: imported after the socket is up
+        from fimble.models.pool import EnginePool  # torch: imported after the socket is up
 
         self.pool = (self._pool_factory or EnginePool)(self.roles)
-        for role in Role:
-            self._load(role)
 
     def _load(self, role: Role) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -244,7 +244,7 @@ class Daemon:
         )
 
     async def _generate(self, connection: _Connection, request_id: int, message: dict) -> None:
-        from models.engine import GenerationRequest
+        from fimble.models.engine import GenerationRequest
 
         role = _role(message)
         request = GenerationRequest(
@@ -290,14 +290,19 @@ class Daemon:
         roles = {}
         for role in Role:
             future = self._loads.get(role)
-            state = "not loaded" if future is None else "loading" if not future.done() else "failed" if future.exception() else "ready"
+            # A role not asked for yet may share an engine another role has loaded.
+            shared = self._loaded_engine_of(role) if future is None else None
+            if future is None:
+                state = "ready" if shared is not None else "not loaded"
+            else:
+                state = "loading" if not future.done() else "failed" if future.exception() else "ready"
             entry: dict[str, Any] = {"state": state, **self._stats[role].summary()}
             if isinstance(self.roles, RoleConfig):
                 entry["spec"] = dataclasses.asdict(self.roles.spec_for(role))
             if state == "failed":
                 entry["error"] = _describe(future.exception())
             if state == "ready":
-                engine = future.result()
+                engine = shared or future.result()
                 entry.update(model=engine.loaded.name, quantization=engine.loaded.quantization, device=str(engine.loaded.device))
                 entry["cache"] = engine.cache_usage()
                 entry["running"] = engine.active_requests
@@ -311,6 +316,11 @@ class Daemon:
             "config_error": _describe(self.roles) if isinstance(self.roles, Exception) else None,
             "roles": roles,
         }
+
+    def _loaded_engine_of(self, role: Role):
+        if self.pool is None or not isinstance(self.roles, RoleConfig):
+            return None
+        return self.pool.loaded().get(self.roles.spec_for(role))
 
 
 # --- helpers of this module ---------------------------------------------------------------------
@@ -388,7 +398,7 @@ async def _listen_private(path: Path, handler) -> asyncio.AbstractServer:
 
 def run_daemon(config: DaemonConfig = DaemonConfig()) -> None:
     """`fimble daemon run`: serve in the foreground until shutdown or idle."""
-    from models.config import ConfigError, load_role_config
+    from fimble.models.config import ConfigError, load_role_config
 
     try:
         roles: RoleConfig | Exception = load_role_config()

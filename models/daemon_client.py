@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from models import wire
+from fimble import dirs
+from fimble.models import wire
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class DaemonRequestError(RuntimeError):
 
 
 def daemon_log_path() -> Path:
-    return wire.runtime_dir() / "daemon.log"
+    return dirs.runtime_dir() / "daemon.log"
 
 
 def spawn_daemon() -> subprocess.Popen:
@@ -41,7 +42,7 @@ def spawn_daemon() -> subprocess.Popen:
     so it outlives the editor window that started it."""
     log_file = open(daemon_log_path(), "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "lsp_server.cli", "daemon", "run"],
+        [sys.executable, "-m", "fimble", "daemon", "run"],
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -110,7 +111,7 @@ class DaemonClient:
     def _start_daemon_locked(self, path: Path) -> None:
         """Runs in a worker thread (flock blocks). Whoever holds the lock starts the daemon; the
         others find it answering once they get the lock."""
-        with open(wire.runtime_dir() / "start.lock", "a+") as lock:
+        with open(dirs.runtime_dir() / "start.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if _answers(path):
                 return

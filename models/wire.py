@@ -13,14 +13,13 @@ replaces it. Socket paths live here too: client and daemon must agree on them.
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
-import warnings
 from pathlib import Path
 from typing import Any
 
 import msgpack
-import platformdirs
+
+from fimble import dirs
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -37,26 +36,8 @@ class FrameTooLargeError(ProtocolError):
     """The length prefix is beyond MAX_FRAME_BYTES: the stream cannot be trusted, so it is closed."""
 
 
-def runtime_dir() -> Path:
-    """The user's private runtime directory (created 0700): socket, lock and log live here.
-
-    Without XDG_RUNTIME_DIR, platformdirs falls back to /tmp/runtime-<uid>, which anyone could
-    create first: a directory we don't own is refused rather than trusted."""
-    if os.environ.get("FIMBLE_RUNTIME_DIR"):
-        path = Path(os.environ["FIMBLE_RUNTIME_DIR"])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the fallback is fine once ownership is checked below
-            path = Path(platformdirs.user_runtime_dir("fimble"))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to another user; set FIMBLE_RUNTIME_DIR to a private directory")
-    os.chmod(path, 0o700)
-    return path
-
-
 def socket_path() -> Path:
-    return runtime_dir() / "daemon.sock"
+    return dirs.runtime_dir() / "daemon.sock"
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:

@@ -1,8 +1,12 @@
 """Shared fixtures: a tiny random-weight Qwen2 checkpoint with a real byte-level BPE tokenizer,
-written to disk and loaded through the same code path as any local model."""
+written to disk and loaded through the same code path as any local model; and the directories
+the tests run in, none of them the user's."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,50 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from models.engine import Engine, EngineConfig
-from models.loading import load_model
-from models.spec import ModelSpec
+from fimble.models.engine import Engine, EngineConfig
+from fimble.models.loading import load_model
+from fimble.models.spec import ModelSpec
+
+# --- the user's directories are never touched ------------------------------------------------
+
+_RUN_ROOT: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every directory Fimble uses (fimble/dirs.py), and the XDG directories behind
+    platformdirs' defaults, into one temporary folder for the whole run. Set before any test runs,
+    so every process a test starts inherits it too. A test that needs its own directory sets it."""
+    global _RUN_ROOT
+    # Short and in /tmp: the daemon's socket path must stay under AF_UNIX's 108 bytes.
+    _RUN_ROOT = Path(tempfile.mkdtemp(prefix="fimble-t-"))
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        os.environ[name] = str(_RUN_ROOT / "xdg" / name.removeprefix("XDG_").removesuffix("_HOME").lower())
+    os.environ["FIMBLE_CACHE_DIR"] = str(_RUN_ROOT / "cache")
+    os.environ["FIMBLE_DATA_DIR"] = str(_RUN_ROOT / "data")
+    os.environ["FIMBLE_CONFIG"] = str(_RUN_ROOT / "config.toml")  # absent: every role is the embedded model
+    os.environ["FIMBLE_RUNTIME_DIR"] = str(_RUN_ROOT / "run")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN_ROOT is not None:
+        shutil.rmtree(_RUN_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_cache(pytestconfig: pytest.Config) -> Path:
+    """A cache dir of the test suite's own (in .pytest_cache) for the slow tests: the embedded
+    model is converted into it once and reused by later runs, never in the user's cache."""
+    return pytestconfig.cache.mkdir("fimble-model-cache")
+
+
+@pytest.fixture
+def embedded_cache(embedded_model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test, and the processes it starts, find the embedded model in the test suite's cache."""
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(embedded_model_cache))
+    return embedded_model_cache
+
+
+# --- the tiny model ---------------------------------------------------------------------------
 
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 CORPUS = [

@@ -202,7 +202,7 @@ def capture_chat(cmd: list[str], columns: int, rows: int, timeout_s: float) -> t
         tmux = ["tmux", "-L", f"fimble-shot-{Path(tmp).name}", "-f", str(config)]
         subprocess.run(
             [*tmux, "new-session", "-d", "-x", str(columns), "-y", str(rows), "-c", str(workspace),
-             "-e", f"FIMBLE_SCREENSHOT={json.dumps(params)}", "-e", f"PYTHONPATH={REPO}",
+             "-e", f"FIMBLE_SCREENSHOT={json.dumps(params)}",
              # The session goes to the temporary directory, not into the user's chats.
              "-e", f"FIMBLE_DATA_DIR={Path(tmp) / 'data'}",
              f"nvim -u {init} stats.py"],
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=120)
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the answer")
-    parser.add_argument("--cmd", nargs="+", default=[sys.executable, "-m", "lsp_server.cli", "lsp"], help="the server command")
+    parser.add_argument("--cmd", nargs="+", default=[sys.executable, "-m", "fimble", "lsp"], help="the server command")
     args = parser.parse_args()
     pane, result = capture_chat(args.cmd, args.columns, args.rows, args.timeout)
     render_png(parse_pane(pane.rstrip("\n"), args.columns), args.out)

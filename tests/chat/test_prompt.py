@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.prompt import (
+from fimble.chat.prompt import (
     ATTACHMENTS_HEADER,
     ChatBudget,
     ChatPromptTooLong,
@@ -18,16 +18,16 @@ from chat.prompt import (
     generation_prompt,
     render_chat_template,
 )
-from chat.session import Attachment, ChatSession, Message
-from completion.backends import ServedTokenizer
+from fimble.chat.session import Attachment, ChatSession, Message
+from fimble.completion.backends import ServedTokenizer
 
 @pytest.fixture(scope="module")
-def checkpoint() -> Path:
+def checkpoint(embedded_model_cache: Path) -> Path:
     """The embedded model's files (converted from the GGUF once, about 2 minutes, then cached);
     the tests that use it are marked slow."""
-    from models.embedded import ensure_embedded_checkpoint
+    from fimble.models.embedded import ensure_embedded_checkpoint
 
-    return ensure_embedded_checkpoint()
+    return ensure_embedded_checkpoint(embedded_model_cache)
 
 
 @pytest.fixture(scope="module")

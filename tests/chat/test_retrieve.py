@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chat.retrieve import SymbolSearch, code_tokens, retrieved_context
-from context.indexer import WorkspaceIndex
-from context.retrieve import Snippet
-from context.store import IndexStore
+from fimble.chat.retrieve import SymbolSearch, code_tokens, retrieved_context
+from fimble.context.indexer import WorkspaceIndex
+from fimble.context.retrieve import Snippet
+from fimble.context.store import IndexStore
 
 RETRY = '''"""Retrying failed requests."""
 

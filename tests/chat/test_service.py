@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.service import (
+from fimble.chat.service import (
     AttachmentError,
     AttachmentRequest,
     ChatInputError,
@@ -18,14 +18,14 @@ from chat.service import (
     ChatWorkspace,
     UnknownSessionError,
 )
-from chat.session import SessionStore
-from completion.backends import EngineBackend
-from context.indexer import WorkspaceIndex
-from context.store import IndexStore
-from models.daemon_client import DaemonUnavailableError
-from models.engine import EngineConfig
-from models.pool import EnginePool
-from models.spec import Role, RoleConfig
+from fimble.chat.session import SessionStore
+from fimble.completion.backends import EngineBackend
+from fimble.context.indexer import WorkspaceIndex
+from fimble.context.store import IndexStore
+from fimble.models.daemon_client import DaemonUnavailableError
+from fimble.models.engine import EngineConfig
+from fimble.models.pool import EnginePool
+from fimble.models.spec import Role, RoleConfig
 
 SHORT = 24  # answer tokens in tests that only need some text
 

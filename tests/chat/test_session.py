@@ -10,8 +10,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from chat import session as session_module
-from chat.session import (
+from fimble.chat import session as session_module
+from fimble.chat.session import (
     SCHEMA_VERSION,
     Attachment,
     ChatSession,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from completion.postprocess import postprocess
-from completion.trigger import CompletionMode
+from fimble.completion.postprocess import postprocess
+from fimble.completion.trigger import CompletionMode
 
 NONE, SINGLE, MULTI = CompletionMode.NONE, CompletionMode.SINGLE_LINE, CompletionMode.MULTI_LINE
 CURSOR = "█"

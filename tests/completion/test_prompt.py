@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from completion.prompt import (
+from fimble.completion.prompt import (
     Cursor,
     FimBudget,
-    build_fim_prompt,
-    first_line,
+    build_fim_prompt_around,
     prefix_window_start,
     split_at_cursor,
     strip_healed,
@@ -20,6 +19,11 @@ from completion.prompt import (
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint):
     return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def prompt_at(text: str, cursor: Cursor, tokenizer, budget: FimBudget = FimBudget()):
+    prefix, suffix = split_at_cursor(text, cursor)
+    return build_fim_prompt_around(prefix, suffix, tokenizer, budget)
 
 
 def test_split_at_cursor_counts_characters_not_bytes():
@@ -37,7 +41,7 @@ def test_a_cursor_outside_the_file_is_a_clear_error(cursor, message):
 
 def test_prompt_layout_is_psm_with_special_tokens(tokenizer):
     text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
-    prompt = build_fim_prompt(text, Cursor(1, 11), tokenizer)
+    prompt = prompt_at(text, Cursor(1, 11), tokenizer)
     assert prompt.text == "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>"
     fim_ids = tokenizer.convert_tokens_to_ids(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"])
     assert prompt.token_ids[0] == fim_ids[0] and prompt.token_ids[-1] == fim_ids[2]
@@ -48,7 +52,7 @@ def test_budgets_trim_at_line_boundaries(tokenizer):
     lines = [f"value_{i} = compute({i})\n" for i in range(300)]
     text = "".join(lines)
     budget = FimBudget(prefix_tokens=200, suffix_tokens=40, window_step_lines=8)
-    prompt = build_fim_prompt(text, Cursor(150, 0), tokenizer, budget)
+    prompt = prompt_at(text, Cursor(150, 0), tokenizer, budget)
     assert len(tokenizer.encode(prompt.prefix)) <= 200
     assert len(tokenizer.encode(prompt.suffix)) <= 40
     # The cursor is at a line start: the prefix stops before the line break (line-start healing).
@@ -58,11 +62,11 @@ def test_budgets_trim_at_line_boundaries(tokenizer):
 
 def test_line_start_healing_cuts_the_line_break_and_indentation(tokenizer):
     text = "def add(a, b):\n    \n"
-    prompt = build_fim_prompt(text, Cursor(1, 4), tokenizer)
+    prompt = prompt_at(text, Cursor(1, 4), tokenizer)
     assert prompt.healed == "\n    "
     assert prompt.prefix == "def add(a, b):" and prompt.suffix == "\n"
     # Mid-line, nothing is healed.
-    assert build_fim_prompt(text, Cursor(0, 7), tokenizer).healed == ""
+    assert prompt_at(text, Cursor(0, 7), tokenizer).healed == ""
 
 
 def test_strip_healed_keeps_what_goes_at_the_cursor():
@@ -94,9 +98,3 @@ def test_one_huge_line_keeps_the_tail_within_budget(tokenizer):
 
 def test_suffix_that_fits_is_kept_whole(tokenizer):
     assert suffix_window("\nreturn x\n", tokenizer, FimBudget()) == "\nreturn x\n"
-
-
-def test_first_line():
-    assert first_line("a + b\n    next()") == "a + b"
-    assert first_line("a + b\r\n") == "a + b"
-    assert first_line("") == ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from completion.service import (
+from fimble.completion.service import (
     CUT_STEP_LINES,
     MAX_PREFIX_LINES,
     MAX_SIDE_CHARS,

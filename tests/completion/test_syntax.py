@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from completion.syntax import (
+from fimble.completion.syntax import (
     code_without_strings,
     ends_in_comment,
     error_count,

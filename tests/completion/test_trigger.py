@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from completion.trigger import CompletionMode, decide_mode
+from fimble.completion.trigger import CompletionMode, decide_mode
 
 NONE, SINGLE, MULTI = CompletionMode.NONE, CompletionMode.SINGLE_LINE, CompletionMode.MULTI_LINE
 CURSOR = "█"

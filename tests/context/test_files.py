@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from context.files import (
+from fimble.context.files import (
     FileLimits,
     IgnoreRules,
     SkipKind,
     Skipped,
     UnindexableFile,
     iter_workspace_files,
+    path_reason,
     read_source,
-    skip_reason,
 )
 
 
@@ -29,6 +29,15 @@ def write(root: Path, relative: str, content: str | bytes = "x = 1\n") -> Path:
     else:
         path.write_text(content, encoding="utf-8")
     return path
+
+
+def content_reason(path: Path, limits: FileLimits) -> str | None:
+    """Why read_source refuses a file, or None when it reads it."""
+    try:
+        read_source(path, limits)
+    except UnindexableFile as refused:
+        return refused.reason
+    return None
 
 
 def walk(root: Path, limits: FileLimits = FileLimits()) -> tuple[set[str], dict[str, str]]:
@@ -78,7 +87,7 @@ def test_a_file_under_an_ignored_directory_cannot_be_re_included(tmp_path: Path)
     write(tmp_path, "generated/keep.py")
     kept, _ = walk(tmp_path)
     assert "generated/keep.py" not in kept
-    assert skip_reason(tmp_path, tmp_path / "generated/keep.py").startswith(SkipKind.IGNORED)
+    assert path_reason(tmp_path, tmp_path / "generated/keep.py").startswith(SkipKind.IGNORED)
 
 
 def test_fimbleignore_and_ignore_override_gitignore_in_the_same_directory(tmp_path: Path) -> None:
@@ -125,7 +134,7 @@ def test_ignore_rules_match_a_single_path_like_the_walk(tmp_path: Path) -> None:
     rules = IgnoreRules(tmp_path)
     assert rules.is_ignored(tmp_path / "a" / "x.tmp", is_dir=False)
     assert not rules.is_ignored(tmp_path / "x.tmp", is_dir=False)
-    assert skip_reason(tmp_path, Path("a/x.tmp"), rules=rules).startswith(SkipKind.IGNORED)
+    assert path_reason(tmp_path, Path("a/x.tmp"), rules).startswith(SkipKind.IGNORED)
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -172,7 +181,7 @@ def test_secret_file_names_are_never_indexed_even_when_negated(negating_ignore_f
     assert "ok.py" in kept
     assert name not in kept and f"deep/er/{name}" not in kept
     assert skipped[name].startswith(SkipKind.SECRET_NAME)
-    assert skip_reason(root, root / name).startswith(SkipKind.SECRET_NAME)
+    assert path_reason(root, root / name).startswith(SkipKind.SECRET_NAME)
 
 
 @pytest.mark.parametrize("name", sorted(SECRET_CONTENTS))
@@ -184,7 +193,6 @@ def test_files_holding_credentials_are_never_indexed_even_when_negated(
     with pytest.raises(UnindexableFile) as caught:
         read_source(path)
     assert caught.value.kind is SkipKind.SECRET_CONTENT
-    assert skip_reason(root, path).startswith(SkipKind.SECRET_CONTENT)
 
 
 def test_secret_directories_are_pruned_even_when_negated(negating_ignore_files: Path) -> None:
@@ -216,12 +224,12 @@ def test_binary_non_utf8_and_oversize_files_are_skipped_with_their_reasons(
     write(tmp_path, "latin1.py", "caf\xe9 = 1\n".encode("latin-1"))
     write(tmp_path, "huge.py", "x = 1\n" * 200)
     write(tmp_path, "ok.py", "y = 'caf\u00e9'\n")
-    caplog.set_level(logging.INFO, logger="context.files")
+    caplog.set_level(logging.INFO, logger="fimble.context.files")
 
     kept, skipped = walk(tmp_path, limits)
     # The size cap is applied from stat alone, before the file is read.
     assert skipped["huge.py"].startswith(SkipKind.TOO_LARGE)
-    reasons = {name: skip_reason(tmp_path, tmp_path / name, limits) for name in sorted(kept)}
+    reasons = {name: content_reason(tmp_path / name, limits) for name in sorted(kept)}
 
     assert reasons["image.py"].startswith(SkipKind.BINARY)
     assert reasons["latin1.py"].startswith(SkipKind.NOT_UTF8)
@@ -267,13 +275,12 @@ def test_symlink_loops_and_links_out_of_the_workspace_are_not_followed(tmp_path:
     assert kept == {"src/a.py"}
     for link in ("src/loop", "self", "out", "innocent.py"):
         assert skipped[link].startswith(SkipKind.SYMLINK)
-    assert skip_reason(root, root / "innocent.py").startswith(SkipKind.SYMLINK)
-    # One path at a time (the watcher's view) gets the same answers as the walk.
-    assert skip_reason(root, root / "out" / "stolen.py").startswith(SkipKind.SYMLINK)
-    assert skip_reason(root, root / "src" / "loop" / "src" / "a.py").startswith(SkipKind.SYMLINK)
-    assert skip_reason(root, Path("../outside/stolen.py")).startswith(SkipKind.OUTSIDE_WORKSPACE)
-    assert skip_reason(root, outside / "stolen.py").startswith(SkipKind.OUTSIDE_WORKSPACE)
-    assert skip_reason(root, Path("src/a.py")) is None
+    # One path at a time (the watcher's and the editor's view) gets the same answers as the walk.
+    assert path_reason(root, root / "out" / "stolen.py").startswith(SkipKind.SYMLINK)
+    assert path_reason(root, root / "src" / "loop" / "src" / "a.py").startswith(SkipKind.SYMLINK)
+    assert path_reason(root, Path("../outside/stolen.py")).startswith(SkipKind.OUTSIDE_WORKSPACE)
+    assert path_reason(root, outside / "stolen.py").startswith(SkipKind.OUTSIDE_WORKSPACE)
+    assert path_reason(root, Path("src/a.py")) is None
     with pytest.raises(UnindexableFile) as caught:
         read_source(root / "innocent.py")
     assert caught.value.kind is SkipKind.SYMLINK
@@ -284,6 +291,6 @@ def test_a_workspace_opened_through_a_symlink_accepts_both_spellings(tmp_path: P
     write(real, "src/a.py")
     alias = tmp_path / "alias"
     alias.symlink_to(real, target_is_directory=True)
-    assert skip_reason(alias, alias / "src" / "a.py") is None
-    assert skip_reason(alias, real / "src" / "a.py") is None
+    assert path_reason(alias, alias / "src" / "a.py") is None
+    assert path_reason(alias, real / "src" / "a.py") is None
     assert [p.name for p in iter_workspace_files(alias)] == ["a.py"]

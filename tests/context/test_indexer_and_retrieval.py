@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from context.indexer import WorkspaceIndex
-from context.retrieve import FILE_SEP, REPO_NAME, repository_context
-from context.store import IndexStore
+from fimble.context.indexer import WorkspaceIndex
+from fimble.context.retrieve import FILE_SEP, REPO_NAME, repository_context
+from fimble.context.store import IndexStore
 
 CLIENT = textwrap.dedent(
     '''\

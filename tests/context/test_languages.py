@@ -1,4 +1,4 @@
-"""context/languages: definitions and references from the grammar wheels' tags.scm, per language."""
+"""context/languages: definitions from the grammar wheels' tags.scm, per language."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import importlib.resources
 import pytest
 from tree_sitter import Language
 
-from context.languages import (
+from fimble.context.languages import (
     _GRAMMARS,
     FileSymbols,
-    Symbol,
     extract_symbols,
     language_for,
     language_id_for_path,
-    parse,
 )
 
 # One realistic file per language: imports, a class (or struct/module) with methods, a function.
@@ -296,22 +294,6 @@ EXPECTED_DEFINITIONS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 
-# (name, kind) of references each file must have: calls across the file, and types.
-EXPECTED_REFERENCES: dict[str, set[tuple[str, str]]] = {
-    "python": {("loads", "call"), ("Store", "call"), ("Path", "call")},
-    "javascript": {("readFile", "call"), ("join", "call"), ("parseConfig", "call"), ("Loader", "class")},
-    "javascriptreact": {("formatName", "call")},
-    "typescript": {("square", "call")},
-    "typescriptreact": {("ButtonProps", "type"), ("track", "call")},
-    "go": {("Sprintf", "call"), ("Stat", "call"), ("Store", "type")},
-    "rust": {("get", "call"), ("println", "call"), ("Cache", "implementation")},
-    "java": {("getOrDefault", "call"), ("clear", "call"), ("AutoCloseable", "implementation")},
-    "c": {("strcmp", "call"), ("printf", "call"), ("lookup", "call")},  # calls are our addition
-    "cpp": {("reserve", "call"), ("size", "call")},
-    "ruby": {("read", "call"), ("parse", "call"), ("JSON", "call"), ("Base", "call")},
-}
-
-
 def _symbols(language_id: str, text: str | None = None) -> FileSymbols:
     symbols = extract_symbols(SNIPPETS[language_id] if text is None else text, language_id)
     assert symbols is not None
@@ -324,22 +306,6 @@ def test_definitions_of_a_real_file(language_id: str) -> None:
     assert symbols.language_id == language_id
     found = [(symbol.name, symbol.kind, symbol.signature) for symbol in symbols.definitions]
     assert found == EXPECTED_DEFINITIONS[language_id]
-    assert all(symbol.is_definition for symbol in symbols.definitions)
-
-
-@pytest.mark.parametrize("language_id", sorted(SNIPPETS))
-def test_references_of_a_real_file(language_id: str) -> None:
-    references = _symbols(language_id).references
-    assert EXPECTED_REFERENCES[language_id] <= {(symbol.name, symbol.kind) for symbol in references}
-    assert all(not symbol.is_definition and symbol.signature == "" for symbol in references)
-
-
-@pytest.mark.parametrize("language_id", sorted(SNIPPETS))
-def test_a_reference_range_is_its_name(language_id: str) -> None:
-    lines = SNIPPETS[language_id].split("\n")
-    for symbol in _symbols(language_id).references:
-        assert symbol.start_line == symbol.end_line
-        assert lines[symbol.start_line][symbol.start_column : symbol.end_column] == symbol.name
 
 
 @pytest.mark.parametrize("module_name", sorted({module for module, _ in _GRAMMARS.values()}))
@@ -411,7 +377,6 @@ def test_a_file_with_syntax_errors_keeps_the_definitions_that_parse() -> None:
     symbols = _symbols("python", text)
     names = [symbol.name for symbol in symbols.definitions]
     assert "load" in names and "Store" in names and "save" in names
-    assert ("write", "call") in {(symbol.name, symbol.kind) for symbol in symbols.references}
 
 
 def test_a_typescript_file_cut_off_mid_class_keeps_what_parses() -> None:
@@ -429,10 +394,7 @@ def test_columns_count_code_points_not_bytes() -> None:
     symbols = _symbols("python", text)
     (definition,) = symbols.definitions
     assert (definition.name, definition.signature) == ("größe", "def größe(wert):")
-    # `maß` starts at code point 11 and ends at 14 (byte 15); the definition ends after the
-    # comment `# ü`, at code point 25 (byte 27).
-    (reference,) = symbols.references
-    assert (reference.name, reference.start_line, reference.start_column, reference.end_column) == ("maß", 1, 11, 14)
+    # The definition ends after the comment `# ü`, at code point 25 (byte 27).
     assert (definition.end_line, definition.end_column) == (1, 25)
 
 
@@ -440,42 +402,5 @@ def test_columns_count_code_points_in_go_identifiers() -> None:
     text = 'package main\n\nfunc 計算(x int) int { return 倍(x) }\n'
     symbols = _symbols("go", text)
     (definition,) = [symbol for symbol in symbols.definitions if symbol.kind == "function"]
-    assert (definition.name, definition.start_column) == ("計算", 0)
-    call = next(symbol for symbol in symbols.references if symbol.kind == "call")
-    # `倍` starts at code point 28 (byte 32).
-    assert (call.name, call.start_column, call.end_column) == ("倍", 28, 29)
-
-
-def test_a_definition_name_is_not_also_a_reference() -> None:
-    # Ruby's tags.scm tags every bare constant as a call, the defined ones included.
-    references = {(symbol.name, symbol.start_line) for symbol in _symbols("ruby").references}
-    assert ("Store", 2) not in references and ("Cache", 3) not in references
-
-
-def test_ruby_local_variables_are_not_calls() -> None:
-    # `#is-not? local` is not evaluated by the binding, so bare identifiers are dropped.
-    text = "def area\n  scale = 2\n  scale * compute(@r)\nend\n"
-    references = {symbol.name for symbol in _symbols("ruby", text).references}
-    assert "compute" in references and "scale" not in references
-
-
-def test_an_old_tree_parses_incrementally_to_the_same_symbols() -> None:
-    text = SNIPPETS["python"]
-    old_tree = parse(text, "python")
-    assert old_tree is not None
-    inserted = "def first() -> None:\n    pass\n\n\n"
-    start = text.index("class Store")
-    old_tree.edit(
-        start_byte=start,
-        old_end_byte=start,
-        new_end_byte=start + len(inserted),
-        start_point=(6, 0),
-        old_end_point=(6, 0),
-        new_end_point=(10, 0),
-    )
-    new_text = text[:start] + inserted + text[start:]
-    incremental = extract_symbols(new_text, "python", old_tree)
-    assert incremental == extract_symbols(new_text, "python")
-    assert incremental is not None and incremental.definitions[1] == Symbol(
-        "first", "function", True, 6, 0, 7, 8, "def first() -> None:"
-    )
+    # The function ends after its closing brace: code point 34 (byte 40).
+    assert (definition.name, definition.start_column, definition.end_column) == ("計算", 0, 34)

@@ -3,7 +3,7 @@ repository-level prompt format."""
 
 from __future__ import annotations
 
-from context.retrieve import (
+from fimble.context.retrieve import (
     FILE_SEP,
     REPO_NAME,
     Snippet,
@@ -70,7 +70,7 @@ def test_format_keeps_the_best_snippets_within_budget_in_stable_order():
 
 
 def test_a_variable_brings_the_class_it_holds():
-    from context.retrieve import declared_types, names_near_cursor, types_of
+    from fimble.context.retrieve import declared_types, names_near_cursor, types_of
 
     prefix = "session = make_session()\nprepared_request = build(url)\nconsole: Console = get_console()\nworker = Pool(4)\n"
     declared = declared_types(prefix)
@@ -86,7 +86,7 @@ def test_a_variable_brings_the_class_it_holds():
 
 
 def test_imports_are_grouped_by_where_the_file_uses_them():
-    from context.retrieve import imports_by_use
+    from fimble.context.retrieve import imports_by_use
 
     text = "from .utils import quote, unquote, rewind_body\n\nx = quote(url)\n\ny = unquote(x)\n"
     cursor = text.index("y = ")

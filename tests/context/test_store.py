@@ -13,8 +13,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from context import store as store_module
-from context.store import SCHEMA_VERSION, FileEntry, IndexStore, StoreSaveError, is_unchanged
+from fimble.context import store as store_module
+from fimble.context.store import SCHEMA_VERSION, FileEntry, IndexStore, StoreSaveError, is_unchanged
 
 
 def entry(path: str, content: bytes = b"x = 1\n", symbols: list | None = None) -> FileEntry:
@@ -146,7 +146,7 @@ def test_unusable_store_is_rebuilt_with_a_warning(
 ) -> None:
     store.save({"a.py": entry("a.py", symbols=[SYMBOL])})
     damage(store)
-    caplog.set_level(logging.WARNING, logger="context.store")
+    caplog.set_level(logging.WARNING, logger="fimble.context.store")
 
     assert store.load() == {}
 
@@ -159,6 +159,6 @@ def test_unusable_store_is_rebuilt_with_a_warning(
 
 def test_an_unreadable_store_is_rebuilt_with_a_warning(store: IndexStore, caplog: pytest.LogCaptureFixture) -> None:
     store.path.mkdir(parents=True)  # a directory where the file should be: reading fails with EISDIR
-    caplog.set_level(logging.WARNING, logger="context.store")
+    caplog.set_level(logging.WARNING, logger="fimble.context.store")
     assert store.load() == {}
     assert any("cannot read" in r.getMessage() for r in caplog.records)

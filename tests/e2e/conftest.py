@@ -9,11 +9,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
+FIMBLE = [sys.executable, "-m", "fimble"]
 
 
 @pytest.fixture

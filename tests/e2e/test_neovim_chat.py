@@ -5,7 +5,6 @@ puts a code block from the chat buffer over the attached lines of the source buf
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,11 +87,9 @@ def run_neovim_chat(tmp_path: Path, env: dict[str, str], file: Path, question: s
         "cmd": cmd, "file": str(file), "question": question, "block": APPLIED_BLOCK,
         "out": str(out), "timeout_ms": TIMEOUT_S * 1000,
     }
-    # PYTHONPATH: the server runs from this checkout even where fimble is installed from another.
-    python_path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     # FIMBLE_DATA_DIR: the chat sessions are saved in tmp_path, not among the user's.
     nvim_env = dict(
-        env, FIMBLE_NVIM_TEST=json.dumps(params), XDG_STATE_HOME=str(tmp_path / "state"), PYTHONPATH=python_path,
+        env, FIMBLE_NVIM_TEST=json.dumps(params), XDG_STATE_HOME=str(tmp_path / "state"),
         FIMBLE_DATA_DIR=str(tmp_path / "data"),
     )
     command = ["nvim", "--headless", "--clean", "--cmd", f"set rtp^={REPO / 'editors' / 'nvim'}", "-S", str(driver)]

@@ -22,11 +22,11 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
-from models.config import load_role_config
-from models.daemon_client import DaemonClient
-from models.pool import EnginePool
+from fimble.models.config import load_role_config
+from fimble.models.daemon_client import DaemonClient
+from fimble.models.pool import EnginePool
 
-FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
+FIMBLE = [sys.executable, "-m", "fimble"]
 QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
 
 

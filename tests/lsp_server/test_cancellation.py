@@ -10,10 +10,10 @@ import pytest
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
-from tests.lsp_server.conftest import EMPTY_BODY, inline_at, multi_line_request, open_document, wait_until
+from tests.lsp_server.conftest import EMPTY_BODY, inline_at, multi_line_request, multi_line_status, open_document, wait_until
 
 async def test_cancel_request_stops_the_generation(long_lsp, daemon):
-    before = await wait_until(lambda s: True, daemon)  # the model is loaded
+    before = await multi_line_status(daemon)  # the model loads on the first request
     open_document(long_lsp, "file:///work/cancel.py", EMPTY_BODY)
     request = multi_line_request("file:///work/cancel.py")
     pending = asyncio.ensure_future(long_lsp.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, request, msg_id="slow-1"))
@@ -27,7 +27,7 @@ async def test_cancel_request_stops_the_generation(long_lsp, daemon):
 
 
 async def test_a_newer_request_supersedes_the_older_one(long_lsp, daemon):
-    before = await wait_until(lambda s: True, daemon)
+    before = await multi_line_status(daemon)
     uri = "file:///work/supersede.py"
     open_document(long_lsp, uri, EMPTY_BODY + "x = compute([1, 2])\n")
     older = asyncio.ensure_future(long_lsp.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, multi_line_request(uri)))

@@ -220,7 +220,7 @@ async def test_a_selection_attachment_is_read_from_the_open_buffer(chat, tmp_pat
     selection = {"kind": "selection", "uri": uri, "range": {"start": {"line": 1, "character": 4}, "end": {"line": 1, "character": 13}}}
     result = await chat.ask("What is this?", attachments=[selection], maxTokens=4)
     assert result["finishReason"] in ("stop", "length")
-    from chat.session import SessionStore
+    from fimble.chat.session import SessionStore
 
     stored = SessionStore(Path(tmp_path / "data" / "chats")).load(result["sessionId"])
     assert [(a.kind, a.text, a.start_line, a.end_line) for a in stored.attachments] == [("selection", "return 42", 1, 1)]

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from chat.session import SessionStore
+from fimble.chat.session import SessionStore
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def chat_env(fimble_env, tmp_path) -> dict:
-    # PYTHONPATH: the command runs in a workspace folder of its own, not in the repository.
-    return {**fimble_env, "FIMBLE_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    return {**fimble_env, "FIMBLE_DATA_DIR": str(tmp_path / "data")}
 
 
 @pytest.fixture
@@ -37,7 +35,7 @@ def store_of(env: dict) -> SessionStore:
 
 def fimble_chat(args: list[str], env: dict, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lsp_server.cli", "chat", *args], input=stdin, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "fimble", "chat", *args], input=stdin, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
 
 
@@ -88,7 +86,7 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(chat_env, workspace, args
 
 def test_ctrl_c_stops_the_answer_not_the_session(chat_env, workspace):
     process = subprocess.Popen(
-        [sys.executable, "-m", "lsp_server.cli", "chat", "--max-tokens", "1500"],
+        [sys.executable, "-m", "fimble", "chat", "--max-tokens", "1500"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=chat_env, cwd=workspace,
     )  # fmt: skip
     try:

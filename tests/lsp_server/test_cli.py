@@ -14,7 +14,7 @@ def run_fimble(args: list[str], config: Path | None, tmp_path: Path) -> subproce
     env = dict(os.environ, FIMBLE_CACHE_DIR=str(tmp_path / "cache"))
     env["FIMBLE_CONFIG"] = str(config or tmp_path / "absent.toml")
     return subprocess.run(
-        [sys.executable, "-m", "lsp_server.cli", *args], capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-m", "fimble", *args], capture_output=True, text=True, env=env, timeout=300,
         cwd=Path(__file__).resolve().parents[2],
     )
 

@@ -9,7 +9,7 @@ import signal
 
 from lsprotocol import types
 
-from models.daemon_client import DaemonClient
+from fimble.models.daemon_client import DaemonClient
 from tests.lsp_server.conftest import EMPTY_BODY, inline_at, multi_line_request, open_document, wait_until
 
 
@@ -22,7 +22,6 @@ async def daemon_pid() -> int:
 
 
 async def test_the_daemon_dies_mid_request_and_is_restarted(long_lsp, daemon):
-    await wait_until(lambda s: True, daemon)
     uri = "file:///work/dies.py"
     open_document(long_lsp, uri, EMPTY_BODY + "total = 1 + \n")
     pending = asyncio.ensure_future(long_lsp.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, multi_line_request(uri)))

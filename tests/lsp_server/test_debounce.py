@@ -1,6 +1,6 @@
 """The adaptive debounce: waits while keys come fast, never when typing is slow."""
 
-from lsp_server.debounce import AdaptiveDebounce
+from fimble.lsp_server.debounce import AdaptiveDebounce
 
 
 def test_fast_typing_waits_about_one_gap_capped_by_the_maximum():

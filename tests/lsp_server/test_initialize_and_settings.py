@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from lsp_server.settings import Settings, parse_settings
+from fimble.lsp_server.settings import Settings, parse_settings
 from tests.lsp_server.conftest import start_client
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
-from completion.backends import EngineBackend
-from completion.service import CompletionRequest, CompletionSettings, complete
-from lsp_server.settings import Settings, parse_settings
+from fimble.completion.backends import EngineBackend
+from fimble.completion.service import CompletionRequest, complete
+from fimble.lsp_server.settings import Settings, parse_settings
 from tests.lsp_server.conftest import QUIET, inline_at, open_document
 
 SOURCE = "import os\n\ndef list_files(path):\n    names = os.listdir(path)\n    return sorted(na\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from lsprotocol import types
 
 from tests.lsp_server.conftest import inline_at, open_document, start_client
 

@@ -3,7 +3,7 @@ through the watcher, and a deleted one leaves it."""
 
 from __future__ import annotations
 
-from lsp_server.workspace_context import WorkspaceContext
+from fimble.lsp_server.workspace_context import WorkspaceContext
 from tests.waiting import wait_for
 
 

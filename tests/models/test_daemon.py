@@ -16,9 +16,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from models import wire
+from fimble.models import wire
 
-FIMBLE = [sys.executable, "-m", "lsp_server.cli"]
+FIMBLE = [sys.executable, "-m", "fimble"]
 
 
 def start_daemon(env: dict, runtime_dir: Path) -> subprocess.Popen:
@@ -139,8 +139,20 @@ def test_a_second_daemon_refuses_to_start(daemon):
     assert second.returncode == 0 and "another Fimble daemon is running" in second.stderr
 
 
+def test_a_role_loads_on_its_first_request_and_no_earlier(daemon):
+    runtime, _, _ = daemon
+    conversation = Conversation(runtime / "daemon.sock")
+    assert conversation.ask({"id": 1, "op": "model", "role": "single_line"})["ok"] is True
+    roles = conversation.ask({"id": 2, "op": "status"})["status"]["roles"]
+    assert roles["single_line"]["state"] == "ready"
+    # Nobody asked for them: the embedded model those roles would use is not loaded.
+    assert roles["multi_line"]["state"] == roles["chat"]["state"] == "not loaded"
+    assert roles["chat"]["spec"]["source"] == "embedded"
+
+
 def test_status_command_shows_models_cache_and_latency(daemon):
-    _, env, _ = daemon
+    runtime, env, _ = daemon
+    assert Conversation(runtime / "daemon.sock").ask({"id": 1, "op": "model", "role": "single_line"})["ok"] is True
     shown = subprocess.run([*FIMBLE, "daemon", "status"], env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "single_line  ready" in shown.stdout and "cache: 1024 pages of 16 tokens" in shown.stdout

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from models import wire
-from models.daemon_client import DaemonClient
+from fimble.models import wire
+from fimble.models.daemon_client import DaemonClient
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_two_windows_starting_together_share_one_daemon_that_exits_when_id
 
 
 async def test_without_autostart_a_missing_daemon_is_a_clear_error(private_runtime):
-    from models.daemon_client import DaemonUnavailableError
+    from fimble.models.daemon_client import DaemonUnavailableError
 
     with pytest.raises(DaemonUnavailableError, match="fimble daemon start"):
         await DaemonClient(autostart=False).connect()

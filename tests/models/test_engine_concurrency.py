@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from models.engine import GenerationRequest
-from models.spec import Role
+from fimble.models.engine import GenerationRequest
+from fimble.models.spec import Role
 from tests.models.test_engine_exactness import prompt_of, reference_greedy
 
 
@@ -34,14 +34,24 @@ def test_concurrent_requests_each_get_their_own_answer_and_a_cancel_harms_none(m
 
 
 def test_single_line_goes_before_chat(make_engine):
-    # One request per forward pass makes the order of service visible.
+    # One request per forward pass makes the order of service visible in the order of the outputs,
+    # which the router sees one by one, as the forward passes made them.
     engine = make_engine(page_size=16, max_requests_per_batch=1)
+    served: list[Role] = []
+    route = engine._on_output
+
+    def record(handle, output) -> None:
+        served.append(handle.request.role)
+        route(handle, output)
+
+    engine._on_output = record
     chat = engine.submit(GenerationRequest(prompt_of(60), max_new_tokens=300, role=Role.CHAT))
     next(chat.stream())  # the chat is decoding
     single = engine.submit(GenerationRequest(prompt_of(20, offset=5), max_new_tokens=5, role=Role.SINGLE_LINE))
-    single.result(timeout=30)
-    assert not chat.done, "the chat request finished before the single-line one was served"
+    assert single.result(timeout=30).stats.generated_tokens == 5
     chat.cancel()
+    first, last = served.index(Role.SINGLE_LINE), len(served) - 1 - served[::-1].index(Role.SINGLE_LINE)
+    assert served[first : last + 1] == [Role.SINGLE_LINE] * 5, "a chat step ran while the single-line request waited"
 
 
 def test_stop_token_and_stop_string(make_engine, tiny_loaded):
@@ -135,7 +145,7 @@ def test_a_multi_character_stop_string_is_never_streamed(make_engine, tiny_loade
 
 
 def test_stop_strings_after_text_skip_leading_whitespace():
-    from models.engine import _first_stop
+    from fimble.models.engine import _first_stop
 
     assert _first_stop("\n\n    return x\n    y", ("\n",)) == 0
     assert _first_stop("\n\n    return x\n    y", ("\n",), after_text=True) == len("\n\n    return x")

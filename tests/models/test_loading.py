@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.cpu_attention import sdpa_fp32_on_cpu
-from models.loading import Int8WeightOnlyLinear, ModelLoadError, load_model, resolve_attention
-from models.spec import ModelSpec
+from fimble.models.cpu_attention import sdpa_fp32_on_cpu
+from fimble.models.loading import Int8WeightOnlyLinear, ModelLoadError, load_model, resolve_attention
+from fimble.models.spec import ModelSpec
 
 
 def test_int8_weight_only_linear_decode_and_prefill_paths_agree():

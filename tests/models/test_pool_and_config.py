@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import ConfigError, load_role_config
-from models.engine import EngineConfig
-from models.pool import EnginePool
-from models.spec import ModelSpec, Role, RoleConfig
+from fimble.models.config import ConfigError, load_role_config
+from fimble.models.engine import EngineConfig
+from fimble.models.pool import EnginePool
+from fimble.models.spec import ModelSpec, Role, RoleConfig
 
 
 def test_roles_with_equal_specs_share_one_engine(tiny_spec, tiny_checkpoint):
