@@ -47,8 +47,8 @@ from benchmarks.humaneval_tasks import Problem, check_program, load_problems  # 
 from benchmarks.sandbox import SandboxLimits, run_python  # noqa: E402
 from fimble.chat.service import ChatRequest, ChatService  # noqa: E402
 from fimble.chat.session import SessionStore  # noqa: E402
-from fimble.completion.backends import EngineBackend  # noqa: E402
-from fimble.completion.service import GenerationCall  # noqa: E402
+from fimble.models.backend import EngineBackend  # noqa: E402
+from fimble.models.generation import GenerationRequest, StopRules  # noqa: E402
 from fimble.models.config import load_role_config  # noqa: E402
 from fimble.models.pool import EnginePool  # noqa: E402
 from fimble.models.spec import Role  # noqa: E402
@@ -140,10 +140,12 @@ def reference_prompt(tokenizer, problem: Problem) -> str:
 
 async def solve_reference(backend: EngineBackend, problem: Problem, max_tokens: int, limits: SandboxLimits) -> Record:
     """Qwen's evaluation prompt on the same engine, bypassing Fimble's chat prompt."""
-    tokenizer = await backend.tokenizer(Role.CHAT)
+    served = await backend.model(Role.CHAT)
+    tokenizer = served.tokenizer
     started = time.perf_counter()
-    call = GenerationCall(Role.CHAT, tokenizer.encode(reference_prompt(tokenizer, problem), add_special_tokens=False), max_tokens, stop_strings=("\n```",))
-    generated = await backend.generate(call)
+    ids = tokenizer.encode(reference_prompt(tokenizer, problem), add_special_tokens=False)
+    stop = StopRules(token_ids=served.chat_stop_token_ids(), strings=("\n```",))
+    generated = await backend.generate(GenerationRequest(Role.CHAT, max_tokens, tuple(ids), stop=stop))
     seconds = time.perf_counter() - started
     return await checked(problem, REFERENCE_RESPONSE_PREFIX + generated.text, generated.finish_reason, seconds, limits)
 

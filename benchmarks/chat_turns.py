@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fimble.chat.service import AttachmentRequest, ChatRequest, ChatService, ChatWorkspace  # noqa: E402
 from fimble.chat.session import SessionStore  # noqa: E402
-from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.models.backend import EngineBackend  # noqa: E402
 from fimble.models.config import load_role_config  # noqa: E402
 from fimble.models.engine import EngineConfig  # noqa: E402
 from fimble.models.pool import EnginePool  # noqa: E402
@@ -84,19 +84,19 @@ async def conversation(services: dict[str, ChatService], max_tokens: int) -> dic
 
 def warm_up(pool: EnginePool) -> None:
     """Load the model and run one tiny request, so turn 1 measures a prompt, not a model load."""
-    from fimble.models.engine import GenerationRequest
+    from fimble.models.generation import GenerationRequest
 
     engine = pool.engine_for(Role.CHAT)
-    engine.generate(GenerationRequest(engine.tokenizer.encode("Hello", add_special_tokens=False), Role.CHAT, 2))
+    engine.generate(GenerationRequest(Role.CHAT, 2, tuple(engine.tokenizer.encode("Hello", add_special_tokens=False))))
 
 
 def decode_tok_s(pool: EnginePool, tokens: int = 128) -> float:
     """Decode speed of the chat engine on a short prompt, from the engine's own stats."""
-    from fimble.models.engine import GenerationRequest
+    from fimble.models.generation import GenerationRequest
 
     engine = pool.engine_for(Role.CHAT)
     ids = engine.tokenizer.encode("Write a Python function that parses an ISO date.", add_special_tokens=False)
-    result = engine.generate(GenerationRequest(ids, Role.CHAT, tokens))
+    result = engine.generate(GenerationRequest(Role.CHAT, tokens, tuple(ids)))
     return result.stats.decode_tok_s
 
 

@@ -28,12 +28,15 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fimble.completion.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, QWEN_CODER_STOP_IDS, FimBudget, prefix_window_start, suffix_window  # noqa: E402
+from fimble.completion.prompt import FimBudget, prefix_window_start, suffix_window  # noqa: E402
 from fimble.models.embedded import EMBEDDED_MODEL_NAME, concatenate_parts, ensure_embedded_checkpoint, find_gguf_parts  # noqa: E402
-from fimble.models.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
+from fimble.models.engine import Engine, EngineConfig  # noqa: E402
+from fimble.models.families import QWEN25_CODER  # noqa: E402
+from fimble.models.generation import GenerationRequest, StopRules  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.pool import start_engine  # noqa: E402
-from fimble.models.spec import ModelSpec  # noqa: E402
+from fimble.models.spec import ModelSpec, Role  # noqa: E402
+from tests.llama_server import llama_cpp_site  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_NEW_TOKENS = 24
@@ -54,23 +57,22 @@ def keystroke_prompts(text: str, start_line: int, keystrokes: int, tokenizer, bu
         line_end = text.find("\n", position)
         suffix = text[line_end + 1 :] if line_end >= 0 else ""
         prefix = prefix[prefix_window_start(prefix, tokenizer, budget) :]
-        prompts.append(f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix_window(suffix, tokenizer, budget)}{FIM_MIDDLE}")
+        prompts.append(QWEN25_CODER.fim.render(prefix, suffix_window(suffix, tokenizer, budget)))
     return prompts
 
 
 def replay_engine(engine: Engine, prompt_ids: list[list[int]]) -> list[dict]:
     rows = []
     for ids in prompt_ids:
-        result = engine.generate(
-            GenerationRequest(ids, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=QWEN_CODER_STOP_IDS, stop_strings=("\n",))
-        )
+        stop = StopRules(token_ids=QWEN25_CODER.stop_token_ids(engine.tokenizer.get_vocab()), strings=("\n",))
+        result = engine.generate(GenerationRequest(Role.SINGLE_LINE, MAX_NEW_TOKENS, tuple(ids), stop=stop))
         rows.append({"ttft_s": result.stats.ttft_s, "prompt_tokens": result.stats.prompt_tokens,
                      "cached_tokens": result.stats.cached_tokens, "text": result.text})
     return rows
 
 
 def engine_decode_tok_s(engine: Engine, ids: list[int], tokens: int = 64) -> float:
-    result = engine.generate(GenerationRequest(ids, max_new_tokens=tokens))  # no stop rule: decode all 64
+    result = engine.generate(GenerationRequest(Role.SINGLE_LINE, tokens, tuple(ids)))  # no stop rule: decode all 64
     return result.stats.decode_tok_s
 
 
@@ -103,7 +105,7 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows if r[key] is not None)
 
 
-def plot(path: Path, series: dict[str, list[dict]]) -> None:
+def plot(path: Path, series: dict[str, list[dict]], title: str = "Keystroke replay, embedded Qwen2.5-Coder-0.5B on CPU") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +117,7 @@ def plot(path: Path, series: dict[str, list[dict]]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("keystroke")
     ax.set_ylabel("time to first token (s, log scale)")
-    ax.set_title("Keystroke replay, embedded Qwen2.5-Coder-0.5B on CPU")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--keystrokes", type=int, default=24)
     parser.add_argument("--start-line", type=int, default=400)
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--no-peer", action="store_true", help="skip llama.cpp (needs pip install -e '.[bench]')")
+    parser.add_argument("--no-peer", action="store_true", help="skip llama.cpp (built for this CPU on first use, about 5 minutes)")
     args = parser.parse_args()
 
     spec = ModelSpec(threads=args.threads)
@@ -142,7 +144,7 @@ def main() -> None:
     for label, prefix_cache in (("cold", False), ("warm", True)):
         with start_engine(spec, EngineConfig(prefix_cache=prefix_cache)) as engine:
             loaded = engine.loaded
-            engine.generate(GenerationRequest(prompt_ids[0][:64], max_new_tokens=2))  # one-time warm-up of kernels
+            engine.generate(GenerationRequest(Role.SINGLE_LINE, 2, tuple(prompt_ids[0][:64])))  # one-time warm-up of kernels
             engine_rows[label] = replay_engine(engine, prompt_ids)
             if prefix_cache:
                 decode = engine_decode_tok_s(engine, prompt_ids[-1])
@@ -170,6 +172,7 @@ def main() -> None:
     series = {"fimble, prefix cache off": engine_rows["cold"], "fimble, prefix cache on": engine_rows["warm"]}
 
     if not args.no_peer:
+        sys.path.insert(0, str(llama_cpp_site()))  # built for this CPU, once (tests/llama_server.py)
         from llama_cpp import Llama
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,7 @@ from keystroke_replay import (  # noqa: E402
     FimBudget,
     GenerationRequest,
     ModelSpec,
+    Role,
     ensure_embedded_checkpoint,
     keystroke_prompts,
     replay_engine,
@@ -46,7 +47,7 @@ def main() -> None:
         ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         for size in PAGE_SIZES:
             with start_engine(ModelSpec(), EngineConfig(page_size=size)) as engine:
-                engine.generate(GenerationRequest(ids[0][:64], max_new_tokens=2))
+                engine.generate(GenerationRequest(Role.SINGLE_LINE, 2, tuple(ids[0][:64])))
                 rows = replay_engine(engine, ids)[1:]  # the first keystroke fills the cache
             ttfts[size] += [r["ttft_s"] for r in rows]
             cached[size] += [r["cached_tokens"] / r["prompt_tokens"] for r in rows]

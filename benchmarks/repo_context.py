@@ -48,7 +48,7 @@ from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.models.backend import EngineBackend  # noqa: E402
 from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
 from fimble.context.indexer import WorkspaceIndex  # noqa: E402
 from fimble.context.store import IndexStore  # noqa: E402

@@ -28,7 +28,7 @@ from rapidfuzz import fuzz
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.repo_context import RESULTS, SETTINGS, Hole, document_with_hole, first_line, sample_holes  # noqa: E402
-from fimble.completion.backends import EngineBackend  # noqa: E402
+from fimble.models.backend import EngineBackend  # noqa: E402
 from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
 from fimble.context.retrieve import Snippet, definition_bodies, format_repo_context  # noqa: E402
 from fimble.lsp_server.workspace_context import WorkspaceContext  # noqa: E402
@@ -44,9 +44,9 @@ def oracle_source(workspace: WorkspaceContext, hole: Hole):
     bodies = definition_bodies(workspace.index, hole.name, hole.path, lambda path: (workspace.root / path).read_text(encoding="utf-8"))
     snippets = [Snippet(path, text, 1.0) for path, text in bodies]
 
-    def source(tokenizer, budget_tokens: int) -> str:
+    def source(tokenizer, budget_tokens: int, repo) -> str:
         count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-        return format_repo_context(workspace.root.name, snippets, hole.path, count, budget_tokens)
+        return format_repo_context(workspace.root.name, snippets, hole.path, count, budget_tokens, repo)
 
     return source
 

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from fimble.chat.session import Attachment, ChatSession, Message
 from fimble.context.languages import language_id_for_path
+from fimble.models.generation import ChatMessage
 
 SYSTEM_PROMPT = (
     "You are Fimble, a coding assistant inside the user's code editor. "
@@ -39,8 +40,17 @@ ATTACHMENTS_HEADER = "The user attached this code from their workspace:"
 RETRIEVED_HEADER = "Code from the workspace that may help with the question below:"
 
 
+# For a server that applies the model's template itself (models/remote.py), the prompt is sent as
+# messages and this ChatML template only counts tokens to fit the context: chat templates differ
+# from it by a few tokens per turn.
+COUNTING_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
 class Tokenizer(Protocol):
-    """completion.backends.ServedTokenizer or a transformers tokenizer."""
+    """models.backend.ServedTokenizer or a transformers tokenizer."""
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
 
@@ -57,6 +67,7 @@ class ChatBudget:
 class ChatPrompt:
     text: str
     token_ids: list[int]
+    messages: tuple[ChatMessage, ...]  # what `text` renders, for servers that apply the template
     dropped_turns: int  # oldest user/assistant turns left out
     notice: str  # "" or a sentence for the user
 
@@ -390,4 +401,5 @@ def build_chat_prompt(
     notices = [dropped_turns_notice(dropped)]
     if attachments.cuts:
         notices.append(f"Attachments were cut to fit the model's context: {'; '.join(attachments.cuts)}.")
-    return ChatPrompt(text, ids, dropped, " ".join(notice for notice in notices if notice))
+    messages = tuple(ChatMessage(m["role"], m["content"]) for m in _template_messages(system_text, turns[dropped:]))
+    return ChatPrompt(text, ids, messages, dropped, " ".join(notice for notice in notices if notice))

@@ -20,21 +20,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal
 
-from fimble.chat.prompt import ChatBudget, ChatPromptTooLong, Tokenizer, build_chat_prompt
+from fimble.chat.prompt import COUNTING_TEMPLATE, ChatBudget, ChatPromptTooLong, Tokenizer, build_chat_prompt
 from fimble.chat.session import Attachment, ChatSession, CorruptSessionError, Message, SessionListing, SessionStore, title_from
-from fimble.completion.service import GenerationCall, Generated
 from fimble.context.files import UnindexableFile, path_reason, read_source, secret_content_kind, secret_name_pattern
-from fimble.models.daemon_client import DaemonRequestError, DaemonUnavailableError
+from fimble.models.backend import Backend
+from fimble.models.generation import BackendError, GenerationRequest, StopRules
 from fimble.models.spec import Role
 
 log = logging.getLogger(__name__)
 
-# Qwen's chat turns end with <|im_end|> (a stop token id for Qwen models, see
-# completion.prompt.QWEN_CODER_STOP_IDS); as strings they also stop models whose vocabulary
-# spells them in several tokens.
-CHAT_STOP_STRINGS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
 # The engine's finish reasons, as the chat protocol names them.
 FINISH_REASONS = {"stop_token": "stop", "stop_string": "stop", "length": "length", "cancelled": "cancelled", "error": "error"}
 # Definitions retrieved for a question (before the token budget cuts them).
@@ -103,18 +99,6 @@ class ChatAnswer:
     finish_reason: str  # "stop" | "length" | "cancelled" | "error"
     dropped_turns: int = 0
     notice: str = ""
-
-
-class ChatBackend(Protocol):
-    """completion.backends.DaemonBackend or EngineBackend."""
-
-    async def tokenizer(self, role: Role) -> Tokenizer: ...
-
-    async def chat_template(self, role: Role) -> str: ...
-
-    async def context_length(self, role: Role) -> int: ...
-
-    async def generate(self, call: GenerationCall, on_text: Callable[[str], None] | None = None) -> Generated: ...
 
 
 def _no_buffer(path: Path) -> str | None:
@@ -263,7 +247,7 @@ def _lines(text: str, start: int | None, end: int | None) -> str:
 class ChatService:
     """Asks and answers in sessions; one answer at a time per session."""
 
-    def __init__(self, store: SessionStore, backend: ChatBackend, budget: ChatBudget = ChatBudget()):
+    def __init__(self, store: SessionStore, backend: Backend, budget: ChatBudget = ChatBudget()):
         self.store = store
         self.backend = backend
         self.budget = budget
@@ -354,9 +338,9 @@ class ChatService:
         generation: asyncio.Future | None = None
         finish, notice, dropped, text = "error", "", 0, ""
         try:
-            tokenizer = await self.backend.tokenizer(Role.CHAT)
-            template = await self.backend.chat_template(Role.CHAT)
-            context_length = await self.backend.context_length(Role.CHAT)
+            served = await self.backend.model(Role.CHAT)
+            tokenizer, context_length = served.tokenizer, served.info.context_length
+            template = served.info.chat_template or (COUNTING_TEMPLATE if served.info.chat_template_on_server else "")
             if not template:
                 raise ChatModelError("the chat model has no chat template (a base model?); configure an instruct model for [models.chat]")
             budget = dataclasses.replace(self.budget, context_tokens=min(self.budget.context_tokens, context_length))
@@ -372,8 +356,10 @@ class ChatService:
                 raise ChatModelError(f"the chat model's template could not be rendered: {error}") from error
             dropped, notice = prompt.dropped_turns, prompt.notice
             max_new_tokens = max(1, min(budget.answer_tokens, context_length - len(prompt.token_ids)))
-            call = GenerationCall(Role.CHAT, prompt.token_ids, max_new_tokens, stop_strings=CHAT_STOP_STRINGS)
-            generation = asyncio.ensure_future(self.backend.generate(call, on_text=on_text))
+            # The end-of-turn tokens as ids, and as strings for a vocabulary that spells them in pieces.
+            end_of_turn = StopRules(token_ids=served.chat_stop_token_ids(), strings=served.family.chat_stop)
+            request = GenerationRequest(Role.CHAT, max_new_tokens, tuple(prompt.token_ids), prompt.text, prompt.messages, end_of_turn)
+            generation = asyncio.ensure_future(self.backend.generate(request, lambda chunk: on_text(chunk.text)))
             stopping = asyncio.ensure_future(stop.wait())
             try:
                 await asyncio.wait({generation, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -383,6 +369,8 @@ class ChatService:
                 generated = generation.result()
                 finish = FINISH_REASONS.get(generated.finish_reason, "stop")
                 text = self._reconcile(generated.text, streamed, on_text)
+                if generated.error:
+                    notice = f"The answer stopped: {generated.error}"
             else:  # fimble/chatCancel or Ctrl-C: the engine stops the request, the text so far stays
                 await _cancelled(generation)
                 finish, text = "cancelled", "".join(streamed)
@@ -391,7 +379,7 @@ class ChatService:
                 await _cancelled(generation)
             self._record(session, "".join(streamed), "cancelled")
             raise
-        except (DaemonUnavailableError, DaemonRequestError, ChatModelError, OSError) as error:
+        except (BackendError, ChatModelError, OSError) as error:
             finish, text = "error", "".join(streamed)
             notice = f"The answer stopped: {error}"
         if finish == "error" and not notice:

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ import msgpack
 
 from fimble import dirs
 from fimble.context.store import write_atomically
+from fimble.models.conversion import ConversionError, structure, unstructure
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Attachment:
 
 @dataclass
 class Message:
-    role: str  # "user" | "assistant"
+    role: Literal["user", "assistant"]
     content: str
     finish_reason: str = ""  # assistant: "stop" | "length" | "cancelled" | "error"
     context: str = ""  # user: retrieved definitions rendered for this turn, stored so re-rendering is identical
@@ -225,16 +226,7 @@ class SessionStore:
 
 
 def _session_to_document(session: ChatSession) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION,
-        "id": session.id,
-        "title": session.title,
-        "created": session.created,
-        "updated": session.updated,
-        "workspace": session.workspace,
-        "messages": [asdict(message) for message in session.messages],
-        "attachments": [asdict(attachment) for attachment in session.attachments],
-    }
+    return {"schema": SCHEMA_VERSION, **unstructure(session)}
 
 
 def _session_from_bytes(raw: bytes, path: Path) -> ChatSession:
@@ -248,44 +240,11 @@ def _session_from_bytes(raw: bytes, path: Path) -> ChatSession:
         raise CorruptSessionError(
             path, f"its schema is {document.get('schema')!r}; this Fimble reads {SCHEMA_VERSION} (written by another version?)"
         )
+    fields_ = {key: value for key, value in document.items() if key != "schema"}
     try:
-        messages = [_build(Message, fields_) for fields_ in document["messages"]]
-        attachments = [_build(Attachment, fields_) for fields_ in document["attachments"]]
-        session = ChatSession(
-            id=_typed(document["id"], str, "id"),
-            title=_typed(document["title"], str, "title"),
-            created=_typed(document["created"], (int, float), "created"),
-            updated=_typed(document["updated"], (int, float), "updated"),
-            messages=messages,
-            attachments=attachments,
-            workspace=_typed(document.get("workspace", ""), str, "workspace"),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise CorruptSessionError(path, f"malformed: {error}") from error
-    return session
-
-
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "role": str,
-    "content": str,
-    "finish_reason": str,
-    "context": str,
-    "created": (int, float),
-    "kind": str,
-    "path": str,
-    "text": str,
-    "start_line": (int, type(None)),
-    "end_line": (int, type(None)),
-    "name": str,
-}
-
-
-def _build(cls: type, fields_: Any) -> Any:
-    if not isinstance(fields_, dict):
-        raise TypeError(f"a {cls.__name__} is not a map")
-    known = {f.name for f in fields(cls)}
-    values = {name: _typed(value, _FIELD_TYPES[name], name) for name, value in fields_.items() if name in known}
-    return cls(**values)  # TypeError when a required field is missing
+        return structure(fields_, ChatSession, "session")
+    except ConversionError as error:
+        raise CorruptSessionError(path, f"malformed: {'; '.join(error.problems)}") from None
 
 
 def _typed(value: Any, expected: type | tuple[type, ...], name: str) -> Any:

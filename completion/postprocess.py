@@ -25,6 +25,7 @@ from fimble.completion.syntax import (
     uses_indentation_blocks,
 )
 from fimble.completion.trigger import CompletionMode
+from fimble.models.stopping import cut_where_code_below_resumes
 
 
 class _Surroundings(CursorText):
@@ -45,7 +46,7 @@ def postprocess(completion: str, prefix: str, suffix: str, mode: CompletionMode,
     else:
         lines = _cut_at_block_end(completion.split("\n"), around)
     if mode is CompletionMode.MULTI_LINE:
-        lines = cut_where_code_below_resumes(lines, around.lines_below[:1])
+        lines = cut_where_code_below_resumes(lines, next(iter(around.lines_below), ""))
     lines = _drop_trailing_blank_lines([line.rstrip() for line in lines])
     lines = _drop_doubled_space(lines, around)
     lines = _drop_repeated_suffix(lines, around)
@@ -158,19 +159,6 @@ def _drop_doubled_space(lines: list[str], around: _Surroundings) -> list[str]:
     if not lines or not line_before.strip() or line_before[-1:] not in (" ", "\t"):
         return lines
     return [lines[0].lstrip(" \t"), *lines[1:]]
-
-
-def cut_where_code_below_resumes(lines: list[str], next_line_below: list[str]) -> list[str]:
-    """Stop a multi-line completion at its first line (after the first) that is the next line of
-    code below the cursor, same indentation included: from there on the model is re-typing code
-    that is already there, usually with small differences. On HumanEval multi-line infilling the
-    0.5B model wrote on to the end of the function in most failed tasks."""
-    if not next_line_below:
-        return lines
-    for index, line in enumerate(lines[1:], start=1):
-        if line.rstrip() == next_line_below[0]:
-            return lines[:index]
-    return lines
 
 
 def _drop_repeated_suffix(lines: list[str], around: _Surroundings) -> list[str]:

@@ -1,11 +1,12 @@
-"""The Qwen2.5-Coder fill-in-the-middle prompt around a cursor, within token budgets.
+"""The fill-in-the-middle prompt around a cursor, within token budgets, in the model family's format
+(models/families.py). For Qwen2.5-Coder, PSM order:
 
     [repository context][<|fim_prefix|>prefix<|fim_suffix|>suffix<|fim_middle|>]
 
-Prompt order is PSM. Everything after the edit point is recomputed on each keystroke, so the suffix
-budget is small, and the prefix window starts at a line that moves rarely (see
-`prefix_window_start`) so it stays in the prefix cache. The repository context (context/retrieve.py)
-comes first because it changes least.
+Everything after the edit point is recomputed on each keystroke, so the suffix budget is small,
+and the prefix window starts at a line that moves rarely (see `prefix_window_start`) so it stays
+in the prefix cache. The repository context (context/retrieve.py) comes first because it changes
+least. (SPM families put the suffix first; their cache reuse ends at the suffix.)
 
 Line-start healing: when the cursor sits at the start of a line (or in its indentation), the
 prompt's prefix stops before the line break instead, and the model writes the break and the
@@ -18,23 +19,10 @@ pass@1 from 55.8% to 63.5%.
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass
-from typing import Protocol
 
-FIM_PREFIX = "<|fim_prefix|>"
-FIM_SUFFIX = "<|fim_suffix|>"
-FIM_MIDDLE = "<|fim_middle|>"
-# <|endoftext|>, <|im_end|>, and <|fim_prefix|> .. <|file_sep|>: the model ends a middle with one of these.
-QWEN_CODER_STOP_IDS = (151643, 151645, 151659, 151660, 151661, 151662, 151663, 151664)
-
-
-class Tokenizer(Protocol):
-    """A fast (Rust) transformers tokenizer: it can report each token's character offsets."""
-
-    def __call__(self, text: str, **kwargs) -> dict: ...
-
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+from fimble.models.backend import Tokenizer
+from fimble.models.families import QWEN25_CODER, FimFormat
 
 
 @dataclass(frozen=True)
@@ -61,7 +49,7 @@ class FimPrompt:
     prefix: str
     suffix: str
     # Text cut from the end of the prefix that the model is expected to write first (line-start
-    # healing); strip it from the output with `strip_healed`.
+    # healing); strip it from the output with `models.stopping.strip_healed`.
     healed: str = ""
 
 
@@ -115,14 +103,20 @@ def suffix_window(suffix: str, tokenizer: Tokenizer, budget: FimBudget) -> str:
 
 
 def build_fim_prompt_around(
-    prefix: str, suffix: str, tokenizer: Tokenizer, budget: FimBudget = FimBudget(), context: str = "", heal: bool = True
+    prefix: str,
+    suffix: str,
+    tokenizer: Tokenizer,
+    budget: FimBudget = FimBudget(),
+    context: str = "",
+    heal: bool = True,
+    fim: FimFormat = QWEN25_CODER.fim,
 ) -> FimPrompt:
     """The prompt for a cursor between `prefix` and `suffix`; `context` is repository context."""
     healed = line_start_to_heal(prefix) if heal else ""
     prefix = prefix[: len(prefix) - len(healed)]
     prefix = prefix[prefix_window_start(prefix, tokenizer, budget) :]
     suffix = suffix_window(suffix, tokenizer, budget)
-    prompt = f"{context}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+    prompt = context + fim.render(prefix, suffix)
     return FimPrompt(prompt, tokenizer.encode(prompt, add_special_tokens=False), prefix, suffix, healed)
 
 
@@ -132,26 +126,3 @@ def line_start_to_heal(prefix: str) -> str:
     if line_start == 0 or prefix[line_start:].strip(" \t"):
         return ""
     return prefix[line_start - 1 :]
-
-
-_LEADING_BLANK_LINE = re.compile(r"\n[ \t]*\n")
-
-
-def strip_healed(generated: str, healed: str) -> str:
-    """The part of the model's output that goes at the cursor.
-
-    The model was asked to write `healed` (a line break and the indentation typed so far) first.
-    Deeper indentation keeps its extra part. Shallower indentation, or no line break at all, cannot
-    be shown as text inserted at the cursor, so it gives nothing (completion.service asks again
-    without healing when the line break is missing).
-    """
-    if healed:
-        # Blank lines first ("\n\n    return x"): the cursor is already on a fresh line, so the
-        # line of code is what belongs there. Of 67 empty answers on HumanEval single-line
-        # (1,033 tasks), this gave 13 a line, and 9 of those pass.
-        while (blank := _LEADING_BLANK_LINE.match(generated)) is not None:
-            generated = generated[blank.end() - 1 :]
-    if not healed or generated.startswith(healed):
-        return generated[len(healed) :]
-    return ""
-

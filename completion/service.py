@@ -2,20 +2,25 @@
 
     decide_mode -> build_fim_prompt_around -> backend.generate -> strip_healed -> postprocess -> abstain
 
-The backend is the daemon's socket in the editor (completion/backends.DaemonBackend) and an
-in-process engine for `fimble complete` (EngineBackend); both run the same code here.
+The backend (models/backend.py) is the daemon's socket, a remote server or an in-process engine
+(`fimble complete`); the same code runs here for each. The model's family (models/families.py)
+gives the FIM format, the stop tokens and the repository-context format.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable
 
-from fimble.completion.postprocess import cut_where_code_below_resumes, postprocess
-from fimble.completion.prompt import FimBudget, FimPrompt, Tokenizer, build_fim_prompt_around, strip_healed
+from fimble.completion.postprocess import postprocess
+from fimble.completion.prompt import FimBudget, FimPrompt, build_fim_prompt_around
 from fimble.completion.trigger import CompletionMode, decide_mode
+from fimble.models.backend import Backend, ServedModel, Tokenizer
+from fimble.models.families import RepoFormat
+from fimble.models.generation import GenerationRequest, GenerationResult, GenerationStats, StopRules
 from fimble.models.spec import Role
+from fimble.models.stopping import block_end_for, strip_healed
 
 ROLE_FOR_MODE = {CompletionMode.SINGLE_LINE: Role.SINGLE_LINE, CompletionMode.MULTI_LINE: Role.MULTI_LINE}
 
@@ -49,45 +54,21 @@ class CompletionRequest:
 
 
 @dataclass(frozen=True)
-class Generated:
-    text: str
-    mean_logprob: float | None
-    finish_reason: str
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Completion:
     text: str  # inserted at the cursor; "" when there is nothing to show
     mode: CompletionMode
     mean_logprob: float | None = None
     # Why the text is empty: "trigger", "abstained", "postprocess", "model"; "" when there is text.
     empty_because: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: GenerationStats = GenerationStats()
     context_files: tuple[str, ...] = ()  # the other files whose code was in the prompt
+    error: str = ""  # empty_because "model": what failed
+    warnings: tuple[str, ...] = ()  # about the model serving this mode (an instruct model asked for FIM)
 
 
-# Given the tokenizer (to count the budget) and the budget, the repository context for the cursor.
-ContextSource = Callable[[Tokenizer, int], str]
-
-
-@dataclass(frozen=True)
-class GenerationCall:
-    """What the service asks a backend for."""
-
-    role: Role
-    prompt_ids: list[int]
-    max_new_tokens: int
-    stop_strings: tuple[str, ...] = ()
-    stop_after_text: bool = False  # see GenerationRequest.stop_after_text
-    # Checked against the text so far; True stops the request and keeps that text.
-    should_stop: Callable[[str], bool] | None = None
-
-
-class Backend(Protocol):
-    async def tokenizer(self, role: Role) -> Tokenizer: ...
-
-    async def generate(self, call: GenerationCall) -> Generated: ...
+# Given the tokenizer (to count the budget), the budget and the model family's repository format,
+# the repository context for the cursor.
+ContextSource = Callable[[Tokenizer, int, RepoFormat], str]
 
 
 # Only this much text around the cursor is looked at. The prompt holds far less, but finding it
@@ -132,49 +113,67 @@ async def complete(
         mode = CompletionMode.SINGLE_LINE
     if mode == CompletionMode.NONE:
         return Completion("", mode, empty_because="trigger")
-    role = ROLE_FOR_MODE[mode]
-    tokenizer = await backend.tokenizer(role)
+    served = await backend.model(ROLE_FOR_MODE[mode])
+    fim, repo = served.family.fim, served.family.repo
+    if fim is None:
+        return Completion("", mode, empty_because="model", error=f"{served.info.name} does not fill in the middle", warnings=served.info.warnings)
     context = ""
-    if context_source is not None and settings.context_tokens > 0:
+    if context_source is not None and settings.context_tokens > 0 and repo is not None:
         # Retrieval parses and tokenizes: keep it off the event loop that serves keystrokes.
-        context = await asyncio.to_thread(context_source, tokenizer, settings.context_tokens)
-    prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget, context)
-    generated = await backend.generate(generation_call(prompt, mode, request, settings))
-    if prompt.healed and generated.finish_reason != "error" and not generated.text.startswith("\n"):
+        context = await asyncio.to_thread(context_source, served.tokenizer, settings.context_tokens, repo)
+    prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, fim=fim)
+    result = await backend.generate(generation_request(prompt, mode, request, settings, served))
+    if prompt.healed and result.finish_reason != "error" and not result.text.startswith("\n"):
         # Asked to start the cursor's line, the model went on with the line above ("0", "= []").
         # That text doesn't belong at the cursor: ask again with the plain prompt, which shares
         # all but its last token with this one in the prefix cache. On HumanEval single-line,
         # 25 of 1,033 tasks took this path, and their healed answers all failed.
-        prompt = build_fim_prompt_around(request.prefix, request.suffix, tokenizer, settings.budget, context, heal=False)
-        generated = await backend.generate(generation_call(prompt, mode, request, settings))
-    if generated.finish_reason == "error":
-        return Completion("", mode, generated.mean_logprob, "model", generated.stats)
-    files = context_files(context)
-    raw = without_control_characters(strip_healed(generated.text, prompt.healed))
+        prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, heal=False, fim=fim)
+        result = await backend.generate(generation_request(prompt, mode, request, settings, served))
+    return shown_completion(result, prompt, mode, request, settings, context_files(context, repo), served.info.warnings)
+
+
+def shown_completion(
+    result: GenerationResult,
+    prompt: FimPrompt,
+    mode: CompletionMode,
+    request: CompletionRequest,
+    settings: CompletionSettings,
+    files: tuple[str, ...],
+    warnings: tuple[str, ...],
+) -> Completion:
+    """What of the model's answer is shown: healed, postprocessed, or nothing when it is unsure."""
+    if result.finish_reason == "error":
+        return Completion("", mode, result.mean_logprob, "model", result.stats, files, result.error or "the model failed", warnings)
+    raw = without_control_characters(strip_healed(result.text, prompt.healed))
     text = postprocess(raw, request.prefix, request.suffix, mode, request.language_id)
     # A completion the user asked for is shown even when the model is unsure.
     threshold = None if request.explicit else settings.abstain_below_logprob
-    if text and threshold is not None and generated.mean_logprob is not None and generated.mean_logprob < threshold:
-        return Completion("", mode, generated.mean_logprob, "abstained", generated.stats, files)
-    return Completion(text, mode, generated.mean_logprob, "" if text else "postprocess", generated.stats, files)
+    if text and threshold is not None and result.mean_logprob is not None and result.mean_logprob < threshold:
+        return Completion("", mode, result.mean_logprob, "abstained", result.stats, files, warnings=warnings)
+    return Completion(text, mode, result.mean_logprob, "" if text else "postprocess", result.stats, files, warnings=warnings)
 
 
-def generation_call(prompt: FimPrompt, mode: CompletionMode, request: CompletionRequest, settings: CompletionSettings) -> GenerationCall:
+def generation_request(
+    prompt: FimPrompt, mode: CompletionMode, request: CompletionRequest, settings: CompletionSettings, served: ServedModel
+) -> GenerationRequest:
     single = mode == CompletionMode.SINGLE_LINE
-    return GenerationCall(
-        ROLE_FOR_MODE[mode],
-        prompt.token_ids,
-        settings.max_single_line_tokens if single else settings.max_multi_line_tokens,
-        # Single-line: the engine stops at the first line break after some text.
-        stop_strings=("\n",) if single else (),
-        stop_after_text=bool(prompt.healed),
-        should_stop=None if single else block_end_detector(prompt.healed, request.prefix, request.suffix),
+    stop = StopRules(
+        token_ids=served.stop_token_ids(),
+        # Single-line: stop at the first line break after some text.
+        strings=("\n",) if single else (),
+        after_text=bool(prompt.healed),
+        block_end=None if single else block_end_for(prompt.healed, request.prefix, request.suffix),
     )
+    max_new_tokens = settings.max_single_line_tokens if single else settings.max_multi_line_tokens
+    return GenerationRequest(ROLE_FOR_MODE[mode], max_new_tokens, tuple(prompt.token_ids), prompt.text, stop=stop)
 
 
-def context_files(context: str) -> tuple[str, ...]:
-    """The files a repository context quotes (every <|file_sep|> but the last, the current file)."""
-    paths = [block.split("\n", 1)[0] for block in context.split("<|file_sep|>")[1:]]
+def context_files(context: str, repo: RepoFormat | None) -> tuple[str, ...]:
+    """The files a repository context quotes (every file header but the last, the current file)."""
+    if not context or repo is None:
+        return ()
+    paths = [block.split("\n", 1)[0] for block in context.split(repo.file_marker)[1:]]
     return tuple(paths[:-1])
 
 
@@ -184,35 +183,3 @@ def without_control_characters(text: str) -> str:
 
 
 _CONTROL_CHARACTERS = {code: None for code in range(32) if chr(code) not in "\t\n\r"} | {0x7F: None}
-
-
-def block_end_detector(healed: str, prefix: str, suffix: str = "") -> Callable[[str], bool]:
-    """Whether a multi-line generation has left its block, so decoding can stop early.
-
-    A line that starts less indented than the first generated line ends the block (the same rule
-    postprocess cuts at); so do two blank lines in a row, and a line that repeats the next line of
-    code below the cursor. Postprocess does the exact trimming; this only saves decoding what would
-    be trimmed (up to max_multi_line_tokens at ~16 tok/s on CPU).
-    """
-    below = [line.rstrip() for line in suffix.split("\n")[1:] if line.strip()][:1]
-    typed_indent = len(prefix) - len(prefix.rstrip(" \t")) if prefix.rstrip(" \t").endswith("\n") or not prefix.strip() else 0
-
-    def ended(generated: str) -> bool:
-        lines = strip_healed(generated, healed).split("\n")
-        if len(cut_where_code_below_resumes(lines[:-1], below)) < len(lines[:-1]):
-            return True
-        body_indent = None
-        for number, line in enumerate(lines[:-1] if len(lines) > 1 else []):
-            if number > 0 and line.strip():
-                indent = len(line) - len(line.lstrip(" \t"))
-                if body_indent is not None and indent < body_indent:
-                    return True
-            if line.strip() and body_indent is None:
-                body_indent = (typed_indent if number == 0 else 0) + len(line) - len(line.lstrip(" \t"))
-        # The line being written counts as soon as it shows its first character.
-        last = lines[-1] if len(lines) > 1 else ""
-        if body_indent is not None and last.strip():
-            return len(last) - len(last.lstrip(" \t")) < body_indent
-        return "\n\n\n" in generated
-
-    return ended

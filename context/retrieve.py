@@ -1,5 +1,6 @@
 """Repository context for a cursor: snippets from other files, ranked, deduplicated, trimmed to a
-token budget and formatted the way Qwen2.5-Coder was trained on repository-level code:
+token budget and formatted the way the model family was trained on repository-level code
+(models.families.RepoFormat); for Qwen2.5-Coder:
 
     <|repo_name|>name
     <|file_sep|>path/of/other.py
@@ -19,8 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-REPO_NAME = "<|repo_name|>"
-FILE_SEP = "<|file_sep|>"
+from fimble.models.families import QWEN25_CODER, RepoFormat
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words that every file has: they make unrelated chunks look alike.
@@ -88,16 +88,21 @@ def dedupe(snippets: list[Snippet]) -> list[Snippet]:
 
 
 def format_repo_context(
-    repo_name: str, snippets: list[Snippet], current_path: str, count_tokens: Callable[[str], int], budget_tokens: int
+    repo_name: str,
+    snippets: list[Snippet],
+    current_path: str,
+    count_tokens: Callable[[str], int],
+    budget_tokens: int,
+    repo: RepoFormat = QWEN25_CODER.repo,
 ) -> str:
     """The context part of the prompt, within `budget_tokens`: the best snippets that fit, then
     placed in stable order (stability, path) so the prompt's start changes as little as possible."""
-    header = f"{REPO_NAME}{repo_name}\n"
-    tail = f"{FILE_SEP}{current_path}\n"
+    header = repo.header(repo_name)
+    tail = repo.file_header(current_path)
     used = count_tokens(header) + count_tokens(tail)
     chosen: list[Snippet] = []
     for snippet in sorted(snippets, key=lambda s: s.score, reverse=True):
-        cost = count_tokens(_file_block(snippet))
+        cost = count_tokens(_file_block(snippet, repo))
         if used + cost <= budget_tokens:
             chosen.append(snippet)
             used += cost
@@ -106,15 +111,15 @@ def format_repo_context(
     ordered = sorted(chosen, key=lambda s: (s.stability, s.path, s.text))
     blocks = [
         # Snippets of one file that end up next to each other share its header, as in a real file.
-        _file_block(snippet, header=index == 0 or ordered[index - 1].path != snippet.path)
+        _file_block(snippet, repo, header=index == 0 or ordered[index - 1].path != snippet.path)
         for index, snippet in enumerate(ordered)
     ]
     return header + "".join(blocks) + tail
 
 
-def _file_block(snippet: Snippet, header: bool = True) -> str:
+def _file_block(snippet: Snippet, repo: RepoFormat, header: bool = True) -> str:
     text = snippet.text if snippet.text.endswith("\n") else snippet.text + "\n"
-    return f"{FILE_SEP}{snippet.path}\n{text}" if header else text
+    return repo.file_header(snippet.path) + text if header else text
 
 
 # --- Definitions through the index -----------------------------------------------------------------
@@ -272,6 +277,7 @@ def repository_context(
     count_tokens: Callable[[str], int],
     budget_tokens: int,
     read_text: Callable[[str], str | None],
+    repo: RepoFormat = QWEN25_CODER.repo,
 ) -> str:
     """The whole context slot for a cursor: definitions first, then chunks of recent files like
     the code before the cursor, within the budget, in the repository-level format."""
@@ -280,4 +286,4 @@ def repository_context(
     near_code = "\n".join(prefix.split("\n")[-NEAR_CURSOR_LINES:])
     chunks_like_here = similar_chunks(near_code, others)
     snippets = dedupe(definitions + chunks_like_here)
-    return format_repo_context(index.root.name, snippets, current_path, count_tokens, budget_tokens)
+    return format_repo_context(index.root.name, snippets, current_path, count_tokens, budget_tokens, repo)

@@ -16,8 +16,9 @@ completions, so typing stays served while an answer streams.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -25,8 +26,10 @@ from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace import TextDocument
 
 from fimble.chat.service import AttachmentRequest, ChatAnswer, ChatChunk, ChatInputError, ChatRequest, ChatService, ChatWorkspace
+from fimble.models.conversion import ConversionError, camel_case, structure, unstructure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHAT = "fimble/chat"
 CHAT_CANCEL = "fimble/chatCancel"
@@ -46,6 +49,64 @@ ACTIONS = {
 
 def invalid(message: str) -> JsonRpcInvalidParams:
     return JsonRpcInvalidParams(f"Fimble: {message}")
+
+
+# --- the params of the chat messages (docs/chat-protocol.md), as the editor sends them --------------
+
+
+@camel_case
+@dataclass(frozen=True)
+class AttachmentParams:
+    kind: Literal["selection", "file", "symbol"]
+    uri: str | None = None  # selection, file
+    range: types.Range | None = None  # selection
+    name: str = ""  # symbol
+
+
+@camel_case
+@dataclass(frozen=True)
+class ChatParams:
+    message: str
+    session_id: str | None = None
+    attachments: tuple[AttachmentParams, ...] = ()
+    max_tokens: int | None = None
+
+
+@camel_case
+@dataclass(frozen=True)
+class ChatCancelParams:
+    session_id: str
+
+
+@camel_case
+@dataclass(frozen=True)
+class ChatSessionsParams:
+    action: Literal["list", "get", "delete"]
+    session_id: str | None = None
+
+
+@camel_case
+@dataclass(frozen=True)
+class ChatAboutArgument:
+    action: Literal["explain", "fix", "tests"]
+    uri: str
+    range: types.Range
+
+
+@camel_case
+@dataclass(frozen=True)
+class ApplyCodeBlockArgument:
+    uri: str
+    code: str
+    range: types.Range
+
+
+def params_of(value: Any, kind: type[T], method: str) -> T:
+    """JSON params as their typed dataclass, or InvalidParams naming each field that is wrong."""
+    try:
+        return structure(_plain(value), kind, method, camel_names=True)
+    except ConversionError as error:
+        raise invalid(str(error)) from None
 
 
 class ChatFeatures:
@@ -76,36 +137,26 @@ class ChatFeatures:
         document = self.server.workspace.text_documents.get(from_fs_path(str(path)))
         return document.source if document is not None else None
 
-    def chat_request(self, params: Any, workspace: ChatWorkspace) -> ChatRequest:
-        params = _as_dict(params, CHAT)
-        message = params.get("message")
-        if not isinstance(message, str) or not message.strip():
-            raise invalid(f"{CHAT} needs a non-empty string \"message\"")
-        session_id = params.get("sessionId")
-        if session_id is not None and not isinstance(session_id, str):
-            raise invalid(f"\"sessionId\" must be a string or null, got {session_id!r}")
-        attachments = params.get("attachments") or []
-        if not isinstance(attachments, list):
-            raise invalid("\"attachments\" must be a list")
-        max_tokens = params.get("maxTokens")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-            raise invalid(f"\"maxTokens\" must be a positive integer or null, got {max_tokens!r}")
-        return ChatRequest(message, session_id, tuple(self.attachment_request(item, workspace) for item in attachments), max_tokens)
+    def chat_request(self, raw: Any, workspace: ChatWorkspace) -> ChatRequest:
+        params = params_of(raw, ChatParams, CHAT)
+        if not params.message.strip():
+            raise invalid(f"{CHAT} needs a non-empty \"message\"")
+        if params.max_tokens is not None and params.max_tokens < 1:
+            raise invalid(f"\"maxTokens\" must be a positive integer or null, got {params.max_tokens!r}")
+        attachments = tuple(self.attachment_request(item, workspace) for item in params.attachments)
+        return ChatRequest(params.message, params.session_id, attachments, params.max_tokens)
 
-    def attachment_request(self, item: Any, workspace: ChatWorkspace) -> AttachmentRequest:
-        if not isinstance(item, dict):
-            raise invalid(f"an attachment must be an object, got {item!r}")
-        kind = item.get("kind")
-        if kind == "symbol":
-            if not isinstance(item.get("name"), str) or not item["name"]:
+    def attachment_request(self, item: AttachmentParams, workspace: ChatWorkspace) -> AttachmentRequest:
+        if item.kind == "symbol":
+            if not item.name:
                 raise invalid("a symbol attachment needs a \"name\"")
-            return AttachmentRequest("symbol", name=item["name"])
-        if kind not in ("file", "selection"):
-            raise invalid(f"attachment kind {kind!r} is not one of selection, file, symbol")
-        path = _path_of(item.get("uri"))
-        if kind == "file":
+            return AttachmentRequest("symbol", name=item.name)
+        path = _path_of(item.uri)
+        if item.kind == "file":
             return AttachmentRequest("file", path=path)
-        selection = _range_of(item.get("range"))
+        if item.range is None:
+            raise invalid("a selection attachment needs a \"range\"")
+        selection = _checked_range(item.range)
         text = self.buffer_text(path)
         if text is None:
             try:
@@ -134,24 +185,19 @@ class ChatFeatures:
             self.server.tell(f"Fimble: {answer.notice}")
         return answer_to_wire(answer)
 
-    def cancel(self, params: Any) -> None:
-        session_id = _as_dict(params, CHAT_CANCEL).get("sessionId")
-        if not isinstance(session_id, str):
-            raise invalid(f"{CHAT_CANCEL} needs a string \"sessionId\"")
-        self.service.cancel(session_id)
+    def cancel(self, raw: Any) -> None:
+        self.service.cancel(params_of(raw, ChatCancelParams, CHAT_CANCEL).session_id)
 
-    def sessions(self, params: Any) -> dict:
-        params = _as_dict(params, CHAT_SESSIONS)
-        action = params.get("action")
-        if action not in ("list", "get", "delete"):
-            raise invalid(f"{CHAT_SESSIONS} \"action\" must be list, get or delete, got {action!r}")
+    def sessions(self, raw: Any) -> dict:
+        params = params_of(raw, ChatSessionsParams, CHAT_SESSIONS)
+        action = params.action
         try:
             if action == "list":
                 listing = self.service.list_sessions()
                 sessions = [{"id": s.id, "title": s.title, "updated": s.updated, "messages": len(s.messages)} for s in listing.sessions]
                 return {"sessions": sessions, "problems": listing.problems}
-            session_id = params.get("sessionId")
-            if not isinstance(session_id, str):
+            session_id = params.session_id
+            if session_id is None:
                 raise invalid(f"{CHAT_SESSIONS} {action!r} needs a string \"sessionId\"")
             if action == "get":
                 session = self.service.get_session(session_id)
@@ -166,7 +212,7 @@ class ChatFeatures:
         if selection.start == selection.end:
             return []
         only = params.context.only
-        where = {"uri": params.text_document.uri, "range": _range_to_wire(selection)}
+        where = {"uri": params.text_document.uri, "range": unstructure(selection)}
         actions = []
         for action, (title, kind, _) in ACTIONS.items():
             if only and not any(kind == wanted or kind.startswith(f"{wanted}.") for wanted in only):
@@ -175,22 +221,15 @@ class ChatFeatures:
             actions.append(types.CodeAction(title=title, kind=kind, command=command))
         return actions
 
-    def chat_about(self, argument: Any) -> None:
-        argument = _as_dict(argument, CHAT_ABOUT_COMMAND)
-        action = argument.get("action")
-        if action not in ACTIONS:
-            raise invalid(f"{CHAT_ABOUT_COMMAND} \"action\" must be one of {', '.join(ACTIONS)}, got {action!r}")
-        _path_of(argument.get("uri"))
-        selection = _range_to_wire(_range_of(argument.get("range")))
-        attachment = {"kind": "selection", "uri": argument["uri"], "range": selection}
-        self.server.protocol.notify(OPEN_CHAT, {"prompt": ACTIONS[action][2], "attachments": [attachment]})
+    def chat_about(self, raw: Any) -> None:
+        argument = params_of(raw, ChatAboutArgument, CHAT_ABOUT_COMMAND)
+        _path_of(argument.uri)
+        attachment = {"kind": "selection", "uri": argument.uri, "range": unstructure(_checked_range(argument.range))}
+        self.server.protocol.notify(OPEN_CHAT, {"prompt": ACTIONS[argument.action][2], "attachments": [attachment]})
 
-    async def apply_code_block(self, argument: Any) -> dict:
-        argument = _as_dict(argument, APPLY_CODE_BLOCK_COMMAND)
-        uri, code = argument.get("uri"), argument.get("code")
-        if not isinstance(uri, str) or not isinstance(code, str):
-            raise invalid(f"{APPLY_CODE_BLOCK_COMMAND} needs a string \"uri\" and a string \"code\"")
-        target = _range_of(argument.get("range"))
+    async def apply_code_block(self, raw: Any) -> dict:
+        argument = params_of(raw, ApplyCodeBlockArgument, APPLY_CODE_BLOCK_COMMAND)
+        uri, code, target = argument.uri, argument.code, _checked_range(argument.range)
         workspace_caps = self.server.client_capabilities.workspace
         if workspace_caps is None or not workspace_caps.apply_edit:
             return {"applied": False, "reason": "this editor does not accept edits from the server (workspace/applyEdit)"}
@@ -257,13 +296,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _as_dict(params: Any, method: str) -> dict:
-    params = _plain(params)
-    if not isinstance(params, dict):
-        raise invalid(f"{method} takes an object, got {params!r}")
-    return params
-
-
 def _single(arguments: tuple, command: str) -> Any:
     if len(arguments) != 1:
         raise invalid(f"{command} takes one argument (an object), got {len(arguments)}")
@@ -279,19 +311,8 @@ def _path_of(uri: Any) -> Path:
     return Path(path)
 
 
-def _range_of(value: Any) -> types.Range:
-    try:
-        start, end = value["start"], value["end"]
-        positions = [types.Position(line=int(p["line"]), character=int(p["character"])) for p in (start, end)]
-    except (TypeError, KeyError, ValueError):
-        raise invalid(f"\"range\" must be {{\"start\": {{\"line\", \"character\"}}, \"end\": {{…}}}}, got {value!r}") from None
-    if any(p.line < 0 or p.character < 0 for p in positions) or (positions[1].line, positions[1].character) < (positions[0].line, positions[0].character):
-        raise invalid(f"\"range\" {value!r} is not a range (negative, or its end before its start)")
-    return types.Range(start=positions[0], end=positions[1])
-
-
-def _range_to_wire(value: types.Range) -> dict:
-    return {
-        "start": {"line": value.start.line, "character": value.start.character},
-        "end": {"line": value.end.line, "character": value.end.character},
-    }
+def _checked_range(value: types.Range) -> types.Range:
+    start, end = value.start, value.end
+    if min(start.line, start.character, end.line, end.character) < 0 or (end.line, end.character) < (start.line, start.character):
+        raise invalid(f"\"range\" {unstructure(value)!r} is not a range (negative, or its end before its start)")
+    return value

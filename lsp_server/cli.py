@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from fimble.completion.prompt import Cursor
+from fimble.models.spec import Role
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,30 +62,41 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
     in this process instead of the daemon. Invoked explicitly, so it never abstains."""
     import asyncio
 
-    from fimble.completion.backends import EngineBackend
     from fimble.completion.prompt import split_at_cursor
     from fimble.completion.service import CompletionRequest, complete
     from fimble.context.languages import language_id_for_path
     from fimble.lsp_server.settings import Settings
+    from fimble.models.backend import EngineBackend, RoutedBackend
     from fimble.models.config import load_role_config
     from fimble.models.pool import EnginePool
 
     text = read_source(path)
     offset = len(split_at_cursor(text, Cursor(line - 1, col - 1))[0])
     request = CompletionRequest(text, offset, language_id_for_path(path) or "plaintext", explicit=True)
-    pool = EnginePool(load_role_config())
+    roles = load_role_config()
+    pool = EnginePool(roles)
+
+    async def ask():
+        backend = RoutedBackend(roles, EngineBackend(pool))
+        try:
+            return await complete(request, Settings().completion(), backend)
+        finally:
+            await backend.close()
+
     try:
-        completion = asyncio.run(complete(request, Settings().completion(), EngineBackend(pool)))
+        completion = asyncio.run(ask())
     finally:
         pool.close()
+    for warning in completion.warnings:
+        print(f"fimble: warning: {warning}", file=sys.stderr)
     if completion.empty_because == "model":
-        raise RuntimeError(f"the model failed: {completion.stats}")
+        raise RuntimeError(f"the model failed: {completion.error}")
     print(completion.text)
     if show_stats:
         s = completion.stats
         print(
-            f"{completion.mode.value}: prompt {s.get('prompt_tokens', 0)} tokens ({s.get('cached_tokens', 0)} cached), "
-            f"ttft {s.get('ttft_s') or 0:.3f} s, {s.get('generated_tokens', 0)} tokens at {s.get('decode_tok_s') or 0:.1f} tok/s, "
+            f"{completion.mode.value}: prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), "
+            f"ttft {s.ttft_s or 0:.3f} s, {s.generated_tokens} tokens at {s.decode_tok_s or 0:.1f} tok/s, "
             f"mean logprob {completion.mean_logprob if completion.mean_logprob is not None else float('nan'):.3f}"
             + (f", empty: {completion.empty_because}" if completion.empty_because else ""),
             file=sys.stderr,
@@ -136,11 +148,13 @@ async def _chat_turns(args, store) -> int:
     import signal
 
     from fimble.chat.service import AttachmentRequest, ChatInputError, ChatRequest, ChatService, ChatWorkspace
-    from fimble.completion.backends import DaemonBackend
+    from fimble.models.backend import DaemonBackend, RoutedBackend
+    from fimble.models.config import load_role_config
     from fimble.models.daemon_client import DaemonClient
 
     client = DaemonClient()
-    service = ChatService(store, DaemonBackend(client))
+    backend = RoutedBackend(load_role_config(), DaemonBackend(client))
+    service = ChatService(store, backend)
     workspace = ChatWorkspace(Path.cwd(), _stored_index(Path.cwd()))
     attachments = tuple(AttachmentRequest("file", path=path.resolve()) for path in args.attach)
     interactive = args.message is None
@@ -179,6 +193,7 @@ async def _chat_turns(args, store) -> int:
                 break
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        await backend.close()
         await client.close()
     if session_id is not None:
         print(f"fimble: session {session_id} (continue it with: fimble chat --session {session_id})", file=sys.stderr)
@@ -265,13 +280,13 @@ async def _daemon_client_action(action: str, daemon_client) -> int:
         raise
     try:
         if action == "stop":
-            await client.call("shutdown")
+            await client.call(wire.Shutdown(), wire.Done)
             print("fimble: daemon stopped")
         elif action == "start":
-            status = (await client.call("status"))["status"]
+            status = await client.status()
             print(f"fimble: daemon running, pid {status['pid']}, socket {wire.socket_path()}")
         else:
-            print_daemon_status((await client.call("status"))["status"])
+            print_daemon_status(await client.status())
     finally:
         await client.close()
     return 0
@@ -298,27 +313,53 @@ def print_daemon_status(status: dict) -> None:
 
 
 def run_models() -> int:
+    """The configured model of each role and its state; a remote server is asked what it offers."""
+    import asyncio
+
     from fimble import dirs
     from fimble.models.config import load_role_config
-    from fimble.models.embedded import embedded_checkpoint_state
-    from fimble.models.spec import EMBEDDED, Role
 
     roles = load_role_config()
     print(f"config: {dirs.config_file()}")
-    for role in Role:
-        spec = roles.spec_for(role)
-        state = embedded_checkpoint_state() if spec.source == EMBEDDED else source_state(spec.source)
-        quantization = spec.quantization or "auto (int8-weight-only on CPU, bf16 on GPU)"
-        print(f"{role.config_name:12} {spec.source:40} quantization={quantization} device={spec.device}  [{state}]")
+    states = asyncio.run(_model_states(roles))
+    for role, spec in ((role, roles.spec_for(role)) for role in Role):
+        if spec.is_remote:
+            print(f"{role.config_name:12} {spec.source} model={spec.model or '(the first it lists)'}  [{states[role]}]")
+        else:
+            quantization = spec.quantization or "auto (int8-weight-only on CPU, bf16 on GPU)"
+            family = f" family={spec.family}" if spec.family else ""
+            print(f"{role.config_name:12} {spec.source:40} quantization={quantization} device={spec.device}{family}  [{states[role]}]")
     return 0
 
 
-def source_state(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        return "remote (openai backend)"
+async def _model_states(roles) -> dict:
+    from fimble.models.generation import BackendError
+    from fimble.models.remote import RemoteBackend
+
+    states = {}
+    for role in Role:
+        spec = roles.spec_for(role)
+        if not spec.is_remote:
+            states[role] = local_source_state(spec.source)
+            continue
+        remote = RemoteBackend(spec)
+        try:
+            states[role] = await remote.probe()
+        except BackendError as error:
+            states[role] = f"error: {error}"
+        finally:
+            await remote.close()
+    return states
+
+
+def local_source_state(source: str) -> str:
+    from fimble.models.embedded import embedded_checkpoint_state
+    from fimble.models.spec import EMBEDDED
+
+    if source == EMBEDDED:
+        return embedded_checkpoint_state()
     if Path(source).expanduser().exists():
         return "local directory"
     from fimble.models.loading import is_in_hub_cache
 
     return "in the hub cache" if is_in_hub_cache(source) else "not downloaded (needs the network once)"
-

@@ -1,9 +1,9 @@
 """`fimble lsp`: the language server each editor window starts (stdio).
 
 Thin handlers over plain logic: a handler converts LSP params (UTF-16 positions included) into a
-completion.service.CompletionRequest, awaits `complete`, and converts the answer back. The models
-live in the shared daemon, reached through models.daemon_client; the daemon is started on demand
-and restarted when it dies.
+completion.service.CompletionRequest, awaits `complete`, and converts the answer back. Local models
+live in the shared daemon, reached through models.daemon_client (started on demand, restarted when
+it dies); a role whose source is a URL goes to that OpenAI-compatible server (models/remote.py).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from fimble.completion.backends import DaemonBackend
-from fimble.completion.service import CompletionRequest, complete
+from fimble.completion.service import Completion, CompletionRequest, complete
 from fimble.lsp_server.chat import register_chat_features
 from fimble.lsp_server.debounce import AdaptiveDebounce
 from fimble.lsp_server.settings import Settings, parse_settings
 from fimble.lsp_server.workspace_context import WorkspaceContext
-from fimble.models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
-from fimble.models.spec import Role
+from fimble.models.backend import DaemonBackend, RoutedBackend
+from fimble.models.config import ConfigError, load_role_config
+from fimble.models.daemon_client import DaemonClient
+from fimble.models.generation import BackendError, BackendUnavailableError
+from fimble.models.spec import Role, RoleConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,11 @@ class FimbleServer(LanguageServer):
         super().__init__("fimble", "0.1.0")
         self.settings = Settings()
         self.client = DaemonClient(on_disconnect=self._on_daemon_lost)
-        self.backend = DaemonBackend(self.client)
+        self.backend = RoutedBackend(_roles_for_routing(), DaemonBackend(self.client))
         self._in_flight: dict[str, asyncio.Task] = {}
         self._debounce: dict[str, AdaptiveDebounce] = {}
         self._shown: dict[str, float] = {}
+        self._warned: set[str] = set()  # model warnings, shown once per server
         self.accepted = 0
         self.workspace_context: WorkspaceContext | None = None
         self._edit_sequence = itertools.count()
@@ -70,7 +73,7 @@ class FimbleServer(LanguageServer):
     async def _reconnect(self) -> None:
         try:
             await self.client.connect()
-        except DaemonUnavailableError as error:
+        except BackendUnavailableError as error:
             self.tell(f"Fimble: {error}")
 
     async def supersede(self, uri: str) -> None:
@@ -92,10 +95,12 @@ class FimbleServer(LanguageServer):
         try:
             document = self.workspace.get_text_document(uri)
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
-            return await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
-        except DaemonUnavailableError as error:
+            completion = await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
+            self.report(completion)
+            return completion
+        except BackendUnavailableError as error:
             self.tell(f"Fimble: {error}", types.MessageType.Warning)
-        except DaemonRequestError as error:
+        except BackendError as error:
             self.tell(f"Fimble: {error}")
         except (ValueError, OSError) as error:  # a document neither open nor readable, say
             log.info("no completion at %s %s: %s", uri, position, error)
@@ -103,6 +108,15 @@ class FimbleServer(LanguageServer):
             if self._in_flight.get(uri) is asyncio.current_task():
                 del self._in_flight[uri]
         return None
+
+    def report(self, completion: Completion) -> None:
+        """Tell the user about a model that failed, and (once) about a model that does not fit."""
+        if completion.empty_because == "model":
+            self.tell(f"Fimble: {completion.error}")
+        for warning in completion.warnings:
+            if warning not in self._warned:
+                self._warned.add(warning)
+                self.tell(f"Fimble: {warning}", types.MessageType.Warning)
 
     def context_source(self, path: str | None, request: CompletionRequest):
         context = self._context_holding(path)
@@ -159,12 +173,21 @@ class FimbleServer(LanguageServer):
             if progress:
                 await self.work_done_progress.create_async(token)
                 self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble", message="loading the completion model"))
-            await self.backend.tokenizer(Role.SINGLE_LINE)
-        except (DaemonUnavailableError, DaemonRequestError) as error:
+            await self.backend.model(Role.SINGLE_LINE)
+        except BackendError as error:
             self.tell(f"Fimble: {error}")
         finally:
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+
+
+def _roles_for_routing() -> RoleConfig:
+    """Which roles go to a remote server. A config that does not parse sends every role to the
+    daemon, which reports the error on each request, so the editor shows it."""
+    try:
+        return load_role_config()
+    except ConfigError:
+        return RoleConfig()
 
 
 server = FimbleServer()
@@ -202,6 +225,7 @@ async def shutdown(ls: FimbleServer, params) -> None:
         task.cancel()
     if ls.workspace_context is not None:
         ls.workspace_context.stop()
+    await ls.backend.close()
     await ls.client.close()
 
 

@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from fimble.models.conversion import ConversionError, structure
+
 # HumanEval single-line infilling through the LSP (benchmarks/humaneval_infill.py): see the README's
 # abstain table for what each threshold keeps and how precise it is.
 DEFAULT_ABSTAIN_BELOW_LOGPROB = -1.0
@@ -39,7 +41,6 @@ class Settings:
         for name in ("max_single_line_tokens", "max_multi_line_tokens", "prefix_tokens", "suffix_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-
 
     def completion(self):
         from fimble.completion.prompt import FimBudget
@@ -75,9 +76,10 @@ def parse_settings(raw: Any, base: Settings = Settings()) -> tuple[Settings, lis
         try:
             values[name] = _coerce(value, hints[name])
             dataclasses.replace(base, **{name: values[name]})  # range checks in __post_init__
-        except (TypeError, ValueError) as error:
+        except (ConversionError, ValueError) as error:
             values.pop(name, None)
-            warnings.append(f"Fimble: setting {key!r} = {value!r} is invalid ({error}); using {getattr(base, name)!r}")
+            reason = "; ".join(error.problems) if isinstance(error, ConversionError) else str(error)
+            warnings.append(f"Fimble: setting {key!r} = {value!r} is invalid ({reason}); using {getattr(base, name)!r}")
     return dataclasses.replace(base, **values), warnings
 
 
@@ -86,20 +88,6 @@ def _snake_case(key: str) -> str:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """JSON value -> the field's type, strictly: "yes" is not a bool, 1.5 is not an int."""
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise TypeError("null is not allowed")
-    if bool in allowed:
-        if isinstance(value, bool):
-            return value
-        raise TypeError("expected true or false")
-    if isinstance(value, bool):
-        raise TypeError("expected a number")
-    if int in allowed and isinstance(value, int):
-        return value
-    if float in allowed and isinstance(value, (int, float)):
-        return float(value)
-    raise TypeError(f"expected {' or '.join(t.__name__ for t in allowed if t is not type(None))}")
+    """JSON value -> the field's type, strictly: "yes" is not a bool, 1.5 is not an int (an int is
+    a float); null only where the field allows None."""
+    return structure(value, hint, "setting")

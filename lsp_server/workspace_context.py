@@ -14,6 +14,7 @@ from typing import Callable
 
 from fimble.context.indexer import IndexReport, WorkspaceIndex
 from fimble.context.retrieve import repository_context
+from fimble.models.families import RepoFormat
 from fimble.context.watch import ChangeBatch, WorkspaceWatcher
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class WorkspaceContext:
         """A completion.service.ContextSource for the cursor between `prefix` and `suffix`."""
         current = self.index.relative(path)
 
-        def source(tokenizer, budget_tokens: int) -> str:
+        def source(tokenizer, budget_tokens: int, repo: RepoFormat) -> str:
             if not self.ready.is_set():
                 return ""  # still indexing: complete without context rather than wait
             return repository_context(
@@ -94,6 +95,7 @@ class WorkspaceContext:
                 count_tokens=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
                 budget_tokens=budget_tokens,
                 read_text=self._read_text,
+                repo=repo,
             )
 
         return source

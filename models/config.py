@@ -5,6 +5,11 @@
     source = "Qwen/Qwen2.5-Coder-1.5B"    # hub id (from the local hub cache) or a local directory
     quantization = "bnb-nf4"
 
+    [models.chat]
+    source = "https://llm.example.com/v1"  # an OpenAI-compatible server (vLLM, SGLang, TGI, ...)
+    model = "Qwen/Qwen2.5-Coder-32B-Instruct"
+    api_key_env = "FIMBLE_CHAT_KEY"       # the key itself stays in the environment
+
 Roles left out use the embedded default. A bad file is an error that names the key to fix.
 """
 
@@ -12,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import typing
 from pathlib import Path
 
 from fimble import dirs
+from fimble.models.conversion import ConversionError, structure
+from fimble.models.families import UnknownFamilyError, family_named
 from fimble.models.spec import ModelSpec, Role, RoleConfig
 
 
@@ -40,28 +46,16 @@ def load_role_config(path: Path | None = None) -> RoleConfig:
 
 
 def parse_spec(table: dict, where: str) -> ModelSpec:
-    fields = {f.name: f for f in dataclasses.fields(ModelSpec)}
-    hints = typing.get_type_hints(ModelSpec)
-    for key, value in table.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys are {sorted(fields)}")
-        allowed = _allowed_values(hints[key])
-        if allowed and value not in allowed:
-            raise ConfigError(f"{where}: {key} = {value!r} is not one of {sorted(str(a) for a in allowed)}")
+    """A role's table as a ModelSpec; ConfigError naming each key that is unknown or of a wrong
+    type or value (`known keys` lists the right spellings)."""
     try:
-        return ModelSpec(**table)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}") from error
-
-
-def _allowed_values(hint) -> set | None:
-    """The literal values a field accepts, or None when it is free-form (str, int)."""
-    values: set = set()
-    for arg in typing.get_args(hint) or ():
-        if typing.get_origin(arg) is typing.Literal:
-            values.update(typing.get_args(arg))
-        elif arg is type(None):
-            values.add(None)
-        elif isinstance(arg, str):
-            values.add(arg)
-    return values or None
+        spec = structure(table, ModelSpec, where)
+    except ConversionError as error:
+        hint = f" (known keys: {', '.join(f.name for f in dataclasses.fields(ModelSpec))})" if "unknown key" in str(error) else ""
+        raise ConfigError(f"{error}{hint}") from None
+    if spec.family:
+        try:
+            family_named(spec.family)
+        except UnknownFamilyError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    return spec

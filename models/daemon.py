@@ -1,7 +1,8 @@
 """`fimble daemon`: one process per user that holds the engines, shared by every editor window.
 
     unix socket (0600, in the user's runtime dir) -> Daemon._serve_connection -> Daemon._dispatch
-        -> op handlers (_hello, _model, _generate, _cancel, _status, _shutdown) -> Engine.submit
+        -> wire.parse_request -> op handlers (_hello, _model, _generate, _cancel, _status, _shutdown)
+        -> Engine.submit(GenerationRequest) -> GenerationChunk frames, then the GenerationResult
 
 The event loop thread only moves frames. A role's model loads in one loader thread when the
 first request for that role arrives, and each running request has a small thread that waits on the
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fimble.models import wire
+from fimble.models.backend import model_info
+from fimble.models.conversion import unstructure
+from fimble.models.generation import GenerationChunk
 from fimble.models.spec import Role, RoleConfig
 
 log = logging.getLogger(__name__)
@@ -206,9 +210,8 @@ class Daemon:
     async def _dispatch(self, connection: _Connection, message: dict[str, Any]) -> None:
         request_id = message.get("id") if isinstance(message.get("id"), int) else None
         try:
-            request_id, op = wire.validate_request(message)
-            handler = getattr(self, f"_{op}")
-            await handler(connection, request_id, message)
+            request_id, request = wire.parse_request(message)
+            await self._handlers[type(request)](connection, request_id, request)
         except ConnectionError:
             return  # the client left mid-request; its requests were cancelled with the connection
         except Exception as error:  # every failure becomes an error reply; the daemon lives on
@@ -221,69 +224,52 @@ class Daemon:
 
     # --- ops --------------------------------------------------------------------------------------
 
-    async def _hello(self, connection: _Connection, request_id: int, message: dict) -> None:
-        await connection.send({"id": request_id, "ok": True, "version": wire.PROTOCOL_VERSION, "pid": os.getpid()})
+    @property
+    def _handlers(self) -> dict[type, Callable]:
+        return {
+            wire.Hello: self._hello,
+            wire.ModelQuery: self._model,
+            wire.Generate: self._generate,
+            wire.Cancel: self._cancel,
+            wire.Status: self._status,
+            wire.Shutdown: self._shutdown,
+        }
 
-    async def _model(self, connection: _Connection, request_id: int, message: dict) -> None:
+    async def _hello(self, connection: _Connection, request_id: int, request: wire.Hello) -> None:
+        await connection.send(wire.reply_frame(request_id, wire.HelloReply(wire.PROTOCOL_VERSION, os.getpid())))
+
+    async def _model(self, connection: _Connection, request_id: int, request: wire.ModelQuery) -> None:
         """Wait for the role's model; answer with its tokenizer, so the client builds prompts itself."""
-        role = _role(message)
-        engine = await self._engine(role)
-        loaded = engine.loaded
-        await connection.send(
-            {
-                "id": request_id,
-                "ok": True,
-                "name": loaded.name,
-                "quantization": loaded.quantization,
-                "device": str(loaded.device),
-                "context_length": loaded.spec.context_length,
-                "tokenizer_json": engine.tokenizer.backend_tokenizer.to_str(),
-                # The chat prompt is rendered by the client with the model's own template ("" if none).
-                "chat_template": _chat_template(engine.tokenizer),
-            }
-        )
+        engine = await self._engine(request.role)
+        await connection.send(wire.reply_frame(request_id, model_info(engine.loaded, request.role)))
 
-    async def _generate(self, connection: _Connection, request_id: int, message: dict) -> None:
-        from fimble.models.engine import GenerationRequest
-
-        role = _role(message)
-        request = GenerationRequest(
-            prompt_ids=[int(t) for t in wire.field(message, "prompt_ids", list)],
-            role=role,
-            max_new_tokens=wire.field(message, "max_new_tokens", int, 64),
-            stop_token_ids=tuple(int(t) for t in wire.field(message, "stop_token_ids", list, [])),
-            stop_strings=tuple(str(s) for s in wire.field(message, "stop_strings", list, [])),
-            stop_after_text=wire.field(message, "stop_after_text", bool, False),
-        )
-        engine = await self._engine(role)
-        handle = engine.submit(request)
+    async def _generate(self, connection: _Connection, request_id: int, request: wire.Generate) -> None:
+        generation = request.request
+        engine = await self._engine(generation.role)
+        handle = engine.submit(generation)
         connection.handles[request_id] = handle
         try:
             async for delta in _stream(handle):
-                await connection.send({"id": request_id, "text": delta})
+                await connection.send({"id": request_id, "chunk": unstructure(GenerationChunk(delta))})
             result = handle.result()
         finally:
             connection.handles.pop(request_id, None)
             if not handle.done:  # the client went away mid-stream: stop using the cores for it
                 handle.cancel()
-        self._stats[role].record(result)
-        reply = {"id": request_id, "done": True, "result": _result_to_wire(result)}
-        if result.finish_reason == "error":
-            reply["error"] = f"the model failed: {result.error}"
-        await connection.send(reply)
+        self._stats[generation.role].record(result)
+        await connection.send({"id": request_id, "done": True, "result": unstructure(result)})
 
-    async def _cancel(self, connection: _Connection, request_id: int, message: dict) -> None:
-        target = wire.field(message, "target", int)
-        handle = connection.handles.get(target)
+    async def _cancel(self, connection: _Connection, request_id: int, request: wire.Cancel) -> None:
+        handle = connection.handles.get(request.target)
         if handle is not None:
             handle.cancel()
-        await connection.send({"id": request_id, "ok": True, "cancelled": handle is not None})
+        await connection.send(wire.reply_frame(request_id, wire.CancelReply(handle is not None)))
 
-    async def _status(self, connection: _Connection, request_id: int, message: dict) -> None:
-        await connection.send({"id": request_id, "ok": True, "status": self.status()})
+    async def _status(self, connection: _Connection, request_id: int, request: wire.Status) -> None:
+        await connection.send(wire.reply_frame(request_id, wire.StatusReply(self.status())))
 
-    async def _shutdown(self, connection: _Connection, request_id: int, message: dict) -> None:
-        await connection.send({"id": request_id, "ok": True})
+    async def _shutdown(self, connection: _Connection, request_id: int, request: wire.Shutdown) -> None:
+        await connection.send(wire.reply_frame(request_id, wire.Done()))
         self._stopping.set()
 
     def status(self) -> dict[str, Any]:
@@ -326,14 +312,6 @@ class Daemon:
 # --- helpers of this module ---------------------------------------------------------------------
 
 
-def _role(message: dict) -> Role:
-    name = wire.field(message, "role", str)
-    try:
-        return Role[name.upper()]
-    except KeyError:
-        raise wire.ProtocolError(f"unknown role {name!r}; expected single_line, multi_line or chat") from None
-
-
 async def _stream(handle):
     """The engine's text deltas as an async iterator. A thread waits on the blocking stream (it runs
     no torch ops) and hands each delta to the event loop."""
@@ -348,23 +326,6 @@ async def _stream(handle):
     threading.Thread(target=pump, name=f"fimble-stream-{handle.request_id}", daemon=True).start()
     while (delta := await deltas.get()) is not None:
         yield delta
-
-
-def _chat_template(tokenizer) -> str:
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # several named templates: the default one
-        template = template.get("default")
-    return template if isinstance(template, str) else ""
-
-
-def _result_to_wire(result) -> dict[str, Any]:
-    return {
-        "text": result.text,
-        "finish_reason": result.finish_reason,
-        "mean_logprob": result.mean_logprob,
-        "generated_tokens": len(result.token_ids),
-        "stats": dataclasses.asdict(result.stats),
-    }
 
 
 def _describe(error: BaseException) -> str:

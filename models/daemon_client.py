@@ -17,19 +17,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from fimble import dirs
 from fimble.models import wire
+from fimble.models.generation import BackendError, BackendUnavailableError, GenerationChunk, GenerationRequest, GenerationResult
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
-class DaemonUnavailableError(ConnectionError):
+class DaemonUnavailableError(BackendUnavailableError):
     """The daemon is not running and could not be started, or died; the message says what to do."""
 
 
-class DaemonRequestError(RuntimeError):
+class DaemonRequestError(BackendError):
     """The daemon answered a request with an error (a bad config, a model that failed to load...)."""
 
 
@@ -84,19 +87,24 @@ class DaemonClient:
                 await asyncio.get_running_loop().run_in_executor(None, self._start_daemon_locked, path)
                 if not await self._try_open(path):
                     raise DaemonUnavailableError(f"the Fimble daemon started but does not answer; see {daemon_log_path()}")
-            hello = await self._call_connected("hello", client="fimble", client_pid=os.getpid())
-            if hello.get("version") != wire.PROTOCOL_VERSION:
-                await self._replace_old_daemon(hello)
+            hello = await self._call_connected(wire.Hello("fimble", os.getpid()))
+            version = hello.get("version")
+            if version != wire.PROTOCOL_VERSION:
+                await self._replace_old_daemon(version)
+            else:
+                self.daemon_pid = wire.parse_reply(hello, wire.HelloReply).pid
 
-    async def _replace_old_daemon(self, hello: dict) -> None:
-        log.warning("daemon speaks protocol %s, we speak %s: replacing it", hello.get("version"), wire.PROTOCOL_VERSION)
-        await self._call_connected("shutdown")
+    async def _replace_old_daemon(self, version) -> None:
+        # Checked before parsing the rest: an older daemon's hello may have other fields.
+        log.warning("daemon speaks protocol %s, we speak %s: replacing it", version, wire.PROTOCOL_VERSION)
+        await self._call_connected(wire.Shutdown())
         await self.close()
         await asyncio.get_running_loop().run_in_executor(None, _wait_gone, wire.socket_path(), 10.0)
         await asyncio.get_running_loop().run_in_executor(None, self._start_daemon_locked, wire.socket_path())
         if not await self._try_open(wire.socket_path()):
             raise DaemonUnavailableError(f"could not start a new Fimble daemon; see {daemon_log_path()}")
-        await self._call_connected("hello", client="fimble", client_pid=os.getpid())
+        hello = wire.parse_reply(await self._call_connected(wire.Hello("fimble", os.getpid())), wire.HelloReply)
+        self.daemon_pid = hello.pid
 
     async def _try_open(self, path: Path) -> bool:
         self._closing = False
@@ -159,38 +167,35 @@ class DaemonClient:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """A one-shot request; connects (and starts the daemon) first if needed."""
+    async def call(self, request: wire.Request, reply: type[T]) -> T:
+        """A one-shot request and its typed reply; connects (and starts the daemon) first if needed."""
         await self.connect()
-        return await self._call_connected(op, **fields)
+        return wire.parse_reply(await self._call_connected(request), reply)
 
-    async def _call_connected(self, op: str, **fields: Any) -> dict[str, Any]:
-        request_id, queue = await self._send(op, fields)
+    async def status(self) -> dict[str, Any]:
+        """The daemon's status, as `fimble daemon status` shows it (models.daemon.Daemon.status)."""
+        return (await self.call(wire.Status(), wire.StatusReply)).status
+
+    async def _call_connected(self, request: wire.Request) -> dict[str, Any]:
+        request_id, queue = await self._send(request)
         try:
             return _raise_for_error(await queue.get())
         finally:
             self._pending.pop(request_id, None)
 
-    async def generate(
-        self, on_text: Callable[[str], None] | None = None, should_stop: Callable[[str], bool] | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        """Run a generation and return its final result. `on_text` sees each streamed delta.
-        When `should_stop(text so far)` says so, the daemon stops the request and the result holds
-        the text up to there. If the calling task is cancelled, the daemon stops the request too."""
+    async def generate(self, request: GenerationRequest, on_chunk: Callable[[GenerationChunk], None] | None = None) -> GenerationResult:
+        """Run a generation and return its result; `on_chunk` sees each piece of text as it comes.
+        If the calling task is cancelled, the daemon stops the request."""
         await self.connect()
-        request_id, queue = await self._send("generate", fields)
-        text, stop_sent = "", False
+        request_id, queue = await self._send(wire.Generate(request))
         try:
             while True:
                 message = _raise_for_error(await queue.get())
                 if message.get("done"):
-                    return message["result"]
-                text += message.get("text", "")
-                if on_text is not None:
-                    on_text(message.get("text", ""))
-                if should_stop is not None and not stop_sent and should_stop(text):
-                    self._send_cancel(request_id)
-                    stop_sent = True
+                    return wire.parse_reply(message["result"], GenerationResult)
+                chunk = wire.parse_reply(message["chunk"], GenerationChunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
         except asyncio.CancelledError:
             self._send_cancel(request_id)
             raise
@@ -199,15 +204,15 @@ class DaemonClient:
 
     def _send_cancel(self, target: int) -> None:
         if self.connected:
-            self._writer.write(wire.encode_frame({"id": next(self._ids), "op": "cancel", "target": target}))
+            self._writer.write(wire.encode_frame(wire.request_frame(next(self._ids), wire.Cancel(target))))
 
-    async def _send(self, op: str, fields: dict[str, Any]) -> tuple[int, asyncio.Queue]:
+    async def _send(self, request: wire.Request) -> tuple[int, asyncio.Queue]:
         if not self.connected:
             raise DaemonUnavailableError("the Fimble daemon is not connected; it is being restarted")
         request_id = next(self._ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[request_id] = queue
-        self._writer.write(wire.encode_frame({"id": request_id, "op": op, **fields}))
+        self._writer.write(wire.encode_frame(wire.request_frame(request_id, request)))
         await self._writer.drain()
         return request_id, queue
 

@@ -1,8 +1,11 @@
 """The engine: one loaded model behind transformers' continuous batching, with our priority
 scheduler, a paged prefix KV cache, stop rules, cancellation, streaming and per-request stats.
 
-    Engine.submit -> ContinuousBatchingManager (background thread: schedule -> forward -> sample)
-                  -> Engine._route_outputs (router thread) -> RequestHandle.stream() / .result()
+    Engine.submit(GenerationRequest) -> ContinuousBatchingManager (background thread: schedule ->
+        forward -> sample) -> Engine._route_outputs (router thread: stop rules, models/stopping.py)
+        -> RequestHandle.stream() / .result() -> GenerationResult
+
+Requests and results are the generation contract's types (models/generation.py).
 """
 
 from __future__ import annotations
@@ -13,19 +16,18 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+from fimble.models.generation import FinishReason, GenerationRequest, GenerationResult, GenerationStats
 from fimble.models.loading import LoadedModel
 from fimble.models.scheduling import SCHEDULER_NAME, PriorityScheduler, request_id_for
-from fimble.models.spec import Role
+from fimble.models.stopping import first_stop, streamable_length
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["stop_token", "stop_string", "length", "cancelled", "error"]
 
 
 class PromptTooLongError(ValueError):
@@ -50,43 +52,6 @@ class EngineConfig:
     max_batch_tokens: int = 512
     max_requests_per_batch: int = 16
     prefix_cache: bool = True
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    role: Role = Role.SINGLE_LINE
-    max_new_tokens: int = 64
-    stop_token_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = ()
-    # Stop strings match only after the output's first non-whitespace character: a healed line start
-    # (completion/prompt.py) begins with the "\n" (and maybe blank lines) that a single-line stop
-    # string would otherwise catch.
-    stop_after_text: bool = False
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    cached_tokens: int = 0
-    generated_tokens: int = 0
-    ttft_s: float | None = None
-    decode_tok_s: float | None = None
-    total_s: float = 0.0
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: FinishReason
-    stats: GenerationStats
-    error: str | None = None
-
-    @property
-    def mean_logprob(self) -> float | None:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
 
 
 @dataclass
@@ -207,7 +172,7 @@ class Engine:
             request_id=request_id,
             max_new_tokens=request.max_new_tokens,
             streaming=True,
-            eos_token_id=list(request.stop_token_ids) or -1,
+            eos_token_id=list(request.stop.token_ids) or -1,
         )
         return handle
 
@@ -287,12 +252,11 @@ class Engine:
             progress.last_token_at = now
         progress.token_ids = list(output.generated_tokens)
         progress.logprobs = list(output.logprobs)
-        stop_token_ids = handle.request.stop_token_ids
-        stop_strings = handle.request.stop_strings
-        visible_ids = [t for t in progress.token_ids if t not in stop_token_ids]
+        rules = handle.request.stop
+        visible_ids = [t for t in progress.token_ids if t not in rules.token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
         # progress.text is what has been streamed so far; it only grows.
-        stop_at = _first_stop(text, stop_strings, handle.request.stop_after_text)
+        stop_at = first_stop(text, rules)
         if stop_at is not None:
             handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]
@@ -303,9 +267,9 @@ class Engine:
             handle._push(final_text[len(progress.text) :])
             progress.text = final_text
             last = progress.token_ids[-1] if progress.token_ids else None
-            self._finish(handle.request_id, "stop_token" if last in stop_token_ids else "length")
+            self._finish(handle.request_id, "stop_token" if last in rules.token_ids else "length")
         else:
-            streamable = text[: _streamable_length(text, stop_strings)]
+            streamable = text[: streamable_length(text, rules)]
             handle._push(streamable[len(progress.text) :])
             progress.text = streamable
 
@@ -318,10 +282,10 @@ class Engine:
         cached = scheduler.cached_tokens.pop(request_id, 0) if scheduler is not None else 0
         handle._finish(GenerationResult(
             text=handle.progress.text,
-            token_ids=handle.progress.token_ids,
-            logprobs=handle.progress.logprobs,
             finish_reason=reason,
             stats=_stats(handle, cached),
+            token_ids=tuple(handle.progress.token_ids),
+            logprobs=tuple(handle.progress.logprobs),
             error=error,
         ))
 
@@ -353,25 +317,3 @@ def _decode_stable(tokenizer, token_ids: list[int], final: bool = False) -> str:
     if not final:
         text = text.rstrip("\ufffd")
     return text
-
-
-def _streamable_length(text: str, stop_strings: tuple[str, ...]) -> int:
-    """How much of `text` can be streamed: a tail that could be the start of a stop string is held
-    back until the next token shows whether it is one."""
-    held = 0
-    for stop in stop_strings:
-        for length in range(min(len(stop) - 1, len(text)), held, -1):
-            if text.endswith(stop[:length]):
-                held = length
-                break
-    return len(text) - held
-
-
-def _first_stop(text: str, stop_strings: tuple[str, ...], after_text: bool = False) -> int | None:
-    """Where the earliest stop string starts; with `after_text`, only after the first non-whitespace."""
-    start = len(text) - len(text.lstrip()) if after_text else 0
-    if after_text and start == len(text):
-        return None
-    positions = [i for s in stop_strings if (i := text.find(s, start)) >= 0]
-    return min(positions) if positions else None
-

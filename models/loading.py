@@ -74,10 +74,8 @@ def resolve_source(spec: ModelSpec) -> tuple[str, str]:
     """Return (what from_pretrained loads, a display name)."""
     if spec.source == EMBEDDED:
         return str(ensure_embedded_checkpoint()), EMBEDDED_MODEL_NAME
-    if spec.source.startswith(("http://", "https://")):
-        raise ModelLoadError(
-            f"{spec.source} is an OpenAI-compatible server, which the openai backend serves; it is not loaded locally."
-        )
+    if spec.is_remote:
+        raise ModelLoadError(f"{spec.source} is a remote server: `fimble lsp` talks to it directly (models/remote.py), nothing loads here.")
     path = Path(spec.source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

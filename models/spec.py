@@ -33,8 +33,8 @@ class ModelSpec:
     and hashable.
     """
 
-    # "embedded", a hub id such as "Qwen/Qwen2.5-Coder-1.5B", a local directory, or an
-    # OpenAI-compatible base URL (served by the openai backend, not loaded here).
+    # "embedded", a hub id such as "Qwen/Qwen2.5-Coder-1.5B", a local directory, or the base URL
+    # of an OpenAI-compatible server ("https://host/v1"), which models/remote.py talks to.
     source: str = EMBEDDED
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # None picks the device's default: int8-weight-only on CPU, none (bf16) on GPU.
@@ -44,12 +44,34 @@ class ModelSpec:
     context_length: int = 4096
     # CPU threads for torch; 0 keeps the measured default (see loading.default_threads).
     threads: int = 0
+    # The model family (models/families.py); "" finds it from the model's tokenizer, config or name.
+    family: str = ""
+    # Remote servers only: the server's name for the model ("" takes the first it lists), the
+    # environment variable holding the API key, a CA bundle for TLS, a local tokenizer (directory
+    # or cached hub id) for exact token budgets, timeouts, and logprobs.
+    model: str = ""
+    api_key_env: str = ""
+    ca_bundle: str = ""
+    tokenizer: str = ""
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 30.0
+    # Ask the server for logprobs (abstaining needs them); llama-cpp-python's server spends about
+    # 130 ms a token computing them (a Python sort over the vocabulary), so it can be turned off.
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         if self.context_length < 64:
             raise ValueError(f"context_length must be at least 64, got {self.context_length}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError(f"api_key_env names an environment variable, got {self.api_key_env!r}")
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)

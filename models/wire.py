@@ -1,10 +1,13 @@
-"""The daemon's wire format: length-prefixed msgpack maps over a private unix socket.
+"""The daemon's wire format: length-prefixed msgpack maps over a private unix socket, each one a
+dataclass of this module or of the generation contract (models/generation.py), unstructured by
+cattrs (models/conversion.py).
 
-    frame   = 4-byte big-endian length, then that many bytes of msgpack holding one map
-    request = {"id": int, "op": str, ...}         ops: hello, model, generate, cancel, status, shutdown
-    reply   = {"id": int, "ok": true, ...}        one-shot answers
-            | {"id": int, "text": str}            streamed generation text, any number of times
-            | {"id": int, "done": true, "result": {...}} | {"id": int, "done": true, "error": str}
+    frame    = 4-byte big-endian length, then that many bytes of msgpack holding one map
+    request  = {"id": int, "op": OP, **fields of OPS[OP]}
+    reply    = {"id": int, "ok": true, **fields of the op's reply}          one-shot answers
+             | {"id": int, "chunk": GenerationChunk}                       streamed, any number
+             | {"id": int, "done": true, "result": GenerationResult}       the end of a generation
+             | {"id": int | null, "done": true, "error": str}              any request that failed
 
 `hello` carries PROTOCOL_VERSION both ways, so a newer `fimble lsp` recognises an older daemon and
 replaces it. Socket paths live here too: client and daemon must agree on them.
@@ -14,18 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from fimble import dirs
+from fimble.models.conversion import ConversionError, structure, unstructure
+from fimble.models.generation import GenerationRequest
+from fimble.models.spec import Role
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct(">I")
 # The largest frame is the tokenizer sent once per client (Qwen2.5's tokenizer.json is ~7 MB).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
-OPS = ("hello", "model", "generate", "cancel", "status", "shutdown")
 
 
 class ProtocolError(ValueError):
@@ -34,6 +40,104 @@ class ProtocolError(ValueError):
 
 class FrameTooLargeError(ProtocolError):
     """The length prefix is beyond MAX_FRAME_BYTES: the stream cannot be trusted, so it is closed."""
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    client: str = ""
+    client_pid: int = 0
+
+
+@dataclass(frozen=True)
+class ModelQuery:
+    """Wait for the role's model to load; the reply is its models.generation.ModelInfo."""
+
+    role: Role
+
+
+@dataclass(frozen=True)
+class Generate:
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class Cancel:
+    target: int  # the id of the generate request to stop
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Request = Hello | ModelQuery | Generate | Cancel | Status | Shutdown
+OPS: dict[str, type] = {"hello": Hello, "model": ModelQuery, "generate": Generate, "cancel": Cancel, "status": Status, "shutdown": Shutdown}
+OP_NAMES = {kind: name for name, kind in OPS.items()}
+
+# --- one-shot replies -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    version: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    cancelled: bool  # False when the request had already finished
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    status: dict[str, Any]  # for display (`fimble daemon status`); its layout is Daemon.status's
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+
+def request_frame(request_id: int, request: Request) -> dict[str, Any]:
+    return {"id": request_id, "op": OP_NAMES[type(request)], **unstructure(request)}
+
+
+def parse_request(message: dict[str, Any]) -> tuple[int, Request]:
+    """The request's id and typed body, or ProtocolError saying what is wrong."""
+    fields = dict(message)
+    request_id = fields.pop("id", None)
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise ProtocolError(f"'id' must be an integer, got {request_id!r}")
+    op = fields.pop("op", None)
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    try:
+        return request_id, structure(fields, OPS[op], f"op {op!r}")
+    except ConversionError as error:
+        raise ProtocolError(str(error)) from None
+
+
+def reply_frame(request_id: int, reply: Any) -> dict[str, Any]:
+    return {"id": request_id, "ok": True, **unstructure(reply)}
+
+
+def parse_reply(message: dict[str, Any], kind: type) -> Any:
+    fields = {key: value for key, value in message.items() if key not in ("id", "ok")}
+    try:
+        return structure(fields, kind, f"the daemon's {kind.__name__}")
+    except ConversionError as error:
+        raise ProtocolError(str(error)) from None
 
 
 def socket_path() -> Path:
@@ -64,26 +168,3 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"frame must hold a map, got {type(message).__name__}")
     return message
-
-
-def validate_request(message: dict[str, Any]) -> tuple[int, str]:
-    """The request's id and op, or ProtocolError naming what is wrong."""
-    request_id = message.get("id")
-    if not isinstance(request_id, int) or isinstance(request_id, bool):
-        raise ProtocolError(f"'id' must be an integer, got {request_id!r}")
-    op = message.get("op")
-    if op not in OPS:
-        raise ProtocolError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-    return request_id, op
-
-
-def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    """A typed field of a request; ProtocolError when it is missing or of the wrong type."""
-    if name not in message:
-        if default is ...:
-            raise ProtocolError(f"'{name}' is required")
-        return default
-    value = message[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ProtocolError(f"'{name}' has the wrong type: {type(value).__name__}")
-    return value

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from fimble.models.engine import Engine, EngineConfig
 from fimble.models.loading import load_model
 from fimble.models.spec import ModelSpec
+from tests.llama_server import LlamaServer, embedded_gguf, llama_cpp_site
 
 # --- the user's directories are never touched ------------------------------------------------
 
@@ -28,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     platformdirs' defaults, into one temporary folder for the whole run. Set before any test runs,
     so every process a test starts inherits it too. A test that needs its own directory sets it."""
     global _RUN_ROOT
+    # Tools the tests build once per machine (tests/llama_server.py), in the cache dir the user had.
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("FIMBLE_TEST_TOOLS", str(cache_home / "fimble-test-tools"))
     # Short and in /tmp: the daemon's socket path must stay under AF_UNIX's 108 bytes.
     _RUN_ROOT = Path(tempfile.mkdtemp(prefix="fimble-t-"))
     for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
@@ -55,6 +60,21 @@ def embedded_cache(embedded_model_cache: Path, monkeypatch: pytest.MonkeyPatch) 
     """This test, and the processes it starts, find the embedded model in the test suite's cache."""
     monkeypatch.setenv("FIMBLE_CACHE_DIR", str(embedded_model_cache))
     return embedded_model_cache
+
+
+@pytest.fixture(scope="session")
+def llama_server(embedded_model_cache: Path, tmp_path_factory) -> Iterator[LlamaServer]:
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the embedded GGUF, its key in
+    the environment variable REMOTE_KEY_ENV (built on first use: tests/llama_server.py)."""
+    site = llama_cpp_site(progress=lambda message: print(f"\nfimble tests: {message}", flush=True))
+    key = "test-key-" + os.urandom(8).hex()
+    os.environ[REMOTE_KEY_ENV] = key
+    server = LlamaServer(embedded_gguf(embedded_model_cache), site, key, log=tmp_path_factory.mktemp("llama") / "server.log")
+    yield server.start()
+    server.stop()
+
+
+REMOTE_KEY_ENV = "FIMBLE_TEST_REMOTE_KEY"
 
 
 # --- the tiny model ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fimble.chat.prompt import (
     render_chat_template,
 )
 from fimble.chat.session import Attachment, ChatSession, Message
-from fimble.completion.backends import ServedTokenizer
+from fimble.models.backend import ServedTokenizer
 
 @pytest.fixture(scope="module")
 def checkpoint(embedded_model_cache: Path) -> Path:

@@ -19,7 +19,7 @@ from fimble.chat.service import (
     UnknownSessionError,
 )
 from fimble.chat.session import SessionStore
-from fimble.completion.backends import EngineBackend
+from fimble.models.backend import EngineBackend
 from fimble.context.indexer import WorkspaceIndex
 from fimble.context.store import IndexStore
 from fimble.models.daemon_client import DaemonUnavailableError

@@ -11,7 +11,6 @@ from fimble.completion.prompt import (
     build_fim_prompt_around,
     prefix_window_start,
     split_at_cursor,
-    strip_healed,
     suffix_window,
 )
 
@@ -67,16 +66,6 @@ def test_line_start_healing_cuts_the_line_break_and_indentation(tokenizer):
     assert prompt.prefix == "def add(a, b):" and prompt.suffix == "\n"
     # Mid-line, nothing is healed.
     assert prompt_at(text, Cursor(0, 7), tokenizer).healed == ""
-
-
-def test_strip_healed_keeps_what_goes_at_the_cursor():
-    assert strip_healed("\n    return a + b", "\n    ") == "return a + b"
-    assert strip_healed("\n        return a", "\n    ") == "    return a"  # deeper indentation
-    assert strip_healed("\nreturn a", "\n    ") == ""  # shallower: not an insertion at the cursor
-    assert strip_healed("    return a", "\n") == ""  # the model went on with the line above
-    assert strip_healed("\n\n    return a", "\n") == "    return a"  # blank lines first are dropped
-    assert strip_healed("\n  \n\n    return a", "\n    ") == "return a"
-    assert strip_healed("x = 1", "") == "x = 1"
 
 
 def test_the_prefix_window_stays_put_while_typing(tokenizer):

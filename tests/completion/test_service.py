@@ -1,4 +1,4 @@
-"""The completion service's plain parts: clipping huge documents, the multi-line block-end detector."""
+"""The completion service's plain parts: clipping huge documents, control characters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from fimble.completion.service import (
     MAX_SIDE_CHARS,
     MAX_SUFFIX_LINES,
     CompletionRequest,
-    block_end_detector,
     clip_around_cursor,
     without_control_characters,
 )
@@ -39,19 +38,5 @@ def test_one_giant_line_keeps_its_tail():
     assert len(clipped.prefix) == MAX_SIDE_CHARS and clipped.suffix == ""
 
 
-def test_block_end_detector_stops_at_a_dedented_line():
-    ended = block_end_detector("\n    ", "def f(x):\n    ")
-    assert not ended("\n    y = x + 1\n    return y")
-    assert not ended("\n    if y:\n        return y\n")
-    assert ended("\n    return y\n\ndef g")
-    assert ended("\n    y = 1\n\n\n\n")
-
-
 def test_control_characters_are_removed():
     assert without_control_characters("a\x00b\tc\r\n\x1bd\x7f") == "ab\tc\r\nd"
-
-
-def test_block_end_detector_stops_where_the_code_below_resumes():
-    ended = block_end_detector("\n", "def f(x):\n    y = 1\n", "\n    return y\n")
-    assert not ended("\n    z = y * 2\n    w")
-    assert ended("\n    z = y * 2\n    return y\n")

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from fimble.context.indexer import WorkspaceIndex
-from fimble.context.retrieve import FILE_SEP, REPO_NAME, repository_context
+from fimble.context.retrieve import repository_context
+from fimble.models.families import QWEN25_CODER
+
+REPO_NAME, FILE_SEP = QWEN25_CODER.repo.repo_marker, QWEN25_CODER.repo.file_marker
 from fimble.context.store import IndexStore
 
 CLIENT = textwrap.dedent(

@@ -4,8 +4,6 @@ repository-level prompt format."""
 from __future__ import annotations
 
 from fimble.context.retrieve import (
-    FILE_SEP,
-    REPO_NAME,
     Snippet,
     dedupe,
     format_repo_context,
@@ -13,6 +11,9 @@ from fimble.context.retrieve import (
     jaccard,
     similar_chunks,
 )
+from fimble.models.families import QWEN25_CODER
+
+REPO_NAME, FILE_SEP = QWEN25_CODER.repo.repo_marker, QWEN25_CODER.repo.file_marker
 
 CLIENT = '''class Client:
     def __init__(self, base_url, session):

@@ -1,8 +1,8 @@
 """Fixtures for end-to-end LSP tests: the real `fimble lsp` and the real daemon, with tiny models.
 
-single_line and chat use the tiny random-weight model. multi_line uses a copy whose final norm is
-zero: every logit is 0, so greedy decoding repeats token 0 forever and never writes a line break.
-That makes a request that runs until it is cancelled, for the cancellation and daemon-death tests.
+single_line and chat use the tiny random-weight model. multi_line uses a copy that writes "x" after
+any prompt, forever: no line break, no stop token. That makes a request that runs until it is
+cancelled, for the cancellation and daemon-death tests.
 """
 
 from __future__ import annotations
@@ -31,11 +31,23 @@ QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
 
 
 def build_never_stopping_checkpoint(tiny_checkpoint: Path, path: Path) -> Path:
+    """The tiny model rewired so that the last hidden state is the same positive vector for every
+    input (the layers add nothing to the embeddings, which all point one way, and the final norm
+    keeps one dimension), and only the "x" row of the output head sees it: "x" always wins."""
     from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
 
     shutil.copytree(tiny_checkpoint, path)
     weights = load_file(path / "model.safetensors")
+    for name, tensor in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensor.zero_()
+    weights["model.embed_tokens.weight"][:, 0] = 1.0
     weights["model.norm.weight"].zero_()
+    weights["model.norm.weight"][0] = 1.0
+    head = weights["lm_head.weight"]
+    head.zero_()
+    head[AutoTokenizer.from_pretrained(tiny_checkpoint).convert_tokens_to_ids("x"), 0] = 1.0
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     return path
 
@@ -150,7 +162,7 @@ def multi_line_request(uri: str) -> types.InlineCompletionParams:
 
 
 async def multi_line_status(daemon: DaemonClient) -> dict:
-    return (await daemon.call("status"))["status"]["roles"]["multi_line"]
+    return (await daemon.status())["roles"]["multi_line"]
 
 
 async def wait_until(predicate, daemon: DaemonClient, timeout_s: float = 60.0) -> dict:

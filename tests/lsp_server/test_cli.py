@@ -65,7 +65,7 @@ def test_a_bad_config_names_the_key(tmp_path):
     config.write_text('[models.chat]\nquantization = "int4"\n')
     done = run_fimble(["models"], config, tmp_path)
     assert done.returncode == 1
-    assert "[models.chat]: quantization = 'int4' is not one of" in done.stderr
+    assert "[models.chat]: quantization: 'int4' is not allowed; must be one of 'none'" in done.stderr
 
 
 def hub_cache_with(tmp_path: Path, repo_id: str, checkpoint: Path) -> Path:

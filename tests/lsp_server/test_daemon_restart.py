@@ -16,7 +16,7 @@ from tests.lsp_server.conftest import EMPTY_BODY, inline_at, multi_line_request,
 async def daemon_pid() -> int:
     client = DaemonClient(autostart=False)
     try:
-        return (await client.call("status"))["status"]["pid"]
+        return (await client.status())["pid"]
     finally:
         await client.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
-from fimble.completion.backends import EngineBackend
+from fimble.models.backend import EngineBackend
 from fimble.completion.service import CompletionRequest, complete
 from fimble.lsp_server.settings import Settings, parse_settings
 from tests.lsp_server.conftest import QUIET, inline_at, open_document

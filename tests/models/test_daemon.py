@@ -84,6 +84,10 @@ def test_hello_carries_the_protocol_version(daemon):
     assert reply == {"id": 1, "ok": True, "version": wire.PROTOCOL_VERSION, "pid": process.pid}
 
 
+def generate(request: dict, request_id: int = 5) -> dict:
+    return {"id": request_id, "op": "generate", "request": {"role": "single_line", "max_new_tokens": 8, **request}}
+
+
 @pytest.mark.parametrize(
     "body, error",
     [
@@ -91,10 +95,15 @@ def test_hello_carries_the_protocol_version(daemon):
         (msgpack.packb([1, 2, 3]), "must hold a map"),
         (msgpack.packb({"op": "hello"}), "'id' must be an integer"),
         (msgpack.packb({"id": 7, "op": "format_disk"}), "unknown op 'format_disk'"),
-        (msgpack.packb({"id": 8, "op": "generate", "role": "single_line"}), "'prompt_ids' is required"),
-        (msgpack.packb({"id": 9, "op": "generate", "role": "poet", "prompt_ids": [1]}), "unknown role 'poet'"),
-        (msgpack.packb({"id": 10, "op": "generate", "role": "single_line", "prompt_ids": "abc"}), "'prompt_ids' has the wrong type"),
-        (msgpack.packb({"id": 11, "op": "generate", "role": "single_line", "prompt_ids": [1] * 5000}), "exceeds the context length"),
+        (msgpack.packb({"id": 8, "op": "generate", "role": "single_line"}), "unknown key(s) 'role'"),
+        (msgpack.packb({"id": 8, "op": "generate"}), "request: required"),
+        (msgpack.packb(generate({"role": "poet", "prompt_ids": [1]}, 9)), "request.role: unknown role 'poet'"),
+        (msgpack.packb(generate({"prompt_ids": "abc"}, 10)), "request.prompt_ids"),
+        (msgpack.packb(generate({"prompt_ids": [1, "two"]}, 10)), "request.prompt_ids[1]: expected int, got str"),
+        (msgpack.packb(generate({"prompt_ids": [1], "max_new_tokens": 0}, 10)), "max_new_tokens must be at least 1"),
+        (msgpack.packb(generate({"prompt_ids": [1], "stop": {"after_text": "yes"}}, 10)), "request.stop.after_text: expected bool"),
+        (msgpack.packb(generate({"prompt_ids": [1] * 5000}, 11)), "exceeds the context length"),
+        (msgpack.packb({"id": 12, "op": "cancel", "target": "all"}), "target: expected int"),
     ],
 )
 def test_a_malformed_frame_gets_an_error_and_the_connection_lives_on(daemon, body, error):
@@ -123,14 +132,14 @@ def test_generate_streams_text_then_a_result(daemon, tiny_checkpoint):
     runtime, _, _ = daemon
     ids = AutoTokenizer.from_pretrained(tiny_checkpoint).encode("def fibonacci(n):\n")
     conversation = Conversation(runtime / "daemon.sock")
-    conversation.send({"id": 5, "op": "generate", "role": "single_line", "prompt_ids": ids, "max_new_tokens": 8})
+    conversation.send(generate({"prompt_ids": ids}))
     replies = [conversation.receive()]
     while not replies[-1].get("done"):
         replies.append(conversation.receive())
-    streamed = "".join(r["text"] for r in replies[:-1])
+    streamed = "".join(r["chunk"]["text"] for r in replies[:-1])
     result = replies[-1]["result"]
-    assert result["text"] == streamed and result["generated_tokens"] == 8 and result["finish_reason"] == "length"
-    assert result["stats"]["prompt_tokens"] == len(ids)
+    assert result["text"] == streamed and result["finish_reason"] == "length" and len(result["token_ids"]) == 8
+    assert result["stats"]["prompt_tokens"] == len(ids) and result["stats"]["generated_tokens"] == 8
 
 
 def test_a_second_daemon_refuses_to_start(daemon):
@@ -167,7 +176,7 @@ def test_a_bad_config_is_reported_not_fatal(tmp_path):
         process = start_daemon(env, Path(runtime))
         try:
             reply = Conversation(Path(runtime) / "daemon.sock").ask({"id": 1, "op": "model", "role": "single_line"})
-            assert "quantization = 'int3' is not one of" in reply["error"]
+            assert "quantization: 'int3' is not allowed; must be one of" in reply["error"]
             stopped = subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, text=True, timeout=30)
             assert "daemon stopped" in stopped.stdout
             assert process.wait(timeout=30) == 0

@@ -28,10 +28,10 @@ def private_runtime(tmp_path, tiny_checkpoint, monkeypatch):
 async def test_two_windows_starting_together_share_one_daemon_that_exits_when_idle(private_runtime):
     windows = [DaemonClient(), DaemonClient()]
     await asyncio.gather(*(window.connect() for window in windows))
-    pids = {(await window.call("hello"))["pid"] for window in windows}
+    pids = {window.daemon_pid for window in windows}
     assert len(pids) == 1
     (pid,) = pids
-    assert (await windows[0].call("status"))["status"]["clients"] == 2
+    assert (await windows[0].status())["clients"] == 2
 
     for window in windows:
         await window.close()

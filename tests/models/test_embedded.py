@@ -70,7 +70,7 @@ def test_a_half_written_checkpoint_is_not_used(tmp_path):
 def test_the_embedded_model_completes_the_fibonacci_body(embedded_cache):
     import asyncio
 
-    from fimble.completion.backends import EngineBackend
+    from fimble.models.backend import EngineBackend
     from fimble.completion.service import CompletionRequest, CompletionSettings, complete
     from fimble.completion.trigger import CompletionMode
     from fimble.models.pool import EnginePool
@@ -87,7 +87,7 @@ def test_the_embedded_model_completes_the_fibonacci_body(embedded_cache):
     # Kernels, and so the quantized model's exact words, differ between CPUs: check what the line
     # does, not how it is spelled.
     assert fibonacci_with(source, request.offset, completion.text)(10) == 55
-    assert completion.stats["prompt_tokens"] > 20
+    assert completion.stats.prompt_tokens > 20
 
 
 def fibonacci_with(source: str, offset: int, completion: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fimble.models.engine import GenerationRequest
+from fimble.models.generation import GenerationRequest
 from fimble.models.spec import Role
 from tests.waiting import wait_for
 
@@ -25,7 +25,7 @@ def reference_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], l
             token = int(logits.argmax())
             logprobs.append(float(torch.log_softmax(logits, -1)[token]))
             ids.append(token)
-    return ids[len(prompt) :], logprobs, first_logits
+    return tuple(ids[len(prompt) :]), logprobs, first_logits
 
 
 def capture_first_logits(engine, request: GenerationRequest) -> tuple[torch.Tensor, object]:
@@ -47,9 +47,9 @@ def prompt_of(length: int, offset: int = 0) -> list[int]:
 def test_cache_hit_matches_uncached_logits_and_tokens(make_engine, tiny_loaded):
     engine = make_engine(page_size=PAGE)
     base = prompt_of(80)
-    engine.generate(GenerationRequest(base + [11], max_new_tokens=4))  # warms the cache with base's pages
+    engine.generate(GenerationRequest(Role.SINGLE_LINE, 4, tuple(base + [11])))  # warms the cache with base's pages
     prompt = base + [12, 13]
-    logits, result = capture_first_logits(engine, GenerationRequest(prompt, max_new_tokens=12))
+    logits, result = capture_first_logits(engine, GenerationRequest(Role.SINGLE_LINE, 12, tuple(prompt)))
     tokens, logprobs, ref_logits = reference_greedy(tiny_loaded.model, prompt, 12)
     assert result.stats.cached_tokens == 80  # five whole pages of the shared prefix
     assert result.token_ids == tokens
@@ -62,8 +62,8 @@ def test_fully_cached_prompt_of_exact_page_multiple(make_engine, tiny_loaded):
     nothing to prefill. The engine must recompute the last page and give the same logits."""
     engine = make_engine(page_size=PAGE)
     prompt = prompt_of(4 * PAGE, offset=3)
-    first = engine.generate(GenerationRequest(prompt, max_new_tokens=6))
-    logits, second = capture_first_logits(engine, GenerationRequest(prompt, max_new_tokens=6))
+    first = engine.generate(GenerationRequest(Role.SINGLE_LINE, 6, tuple(prompt)))
+    logits, second = capture_first_logits(engine, GenerationRequest(Role.SINGLE_LINE, 6, tuple(prompt)))
     tokens, _, ref_logits = reference_greedy(tiny_loaded.model, prompt, 6)
     assert first.stats.cached_tokens == 0
     assert second.stats.cached_tokens == 3 * PAGE
@@ -75,7 +75,7 @@ def test_two_requests_sharing_a_prefix_in_one_batch(make_engine, tiny_loaded):
     engine = make_engine(page_size=PAGE)
     shared = prompt_of(3 * PAGE + 5, offset=1)
     prompts = [shared + [20, 21, 22], shared + [30, 31]]
-    handles = [engine.submit(GenerationRequest(p, max_new_tokens=10)) for p in prompts]
+    handles = [engine.submit(GenerationRequest(Role.SINGLE_LINE, 10, tuple(p))) for p in prompts]
     results = [h.result(timeout=60) for h in handles]
     for prompt, result in zip(prompts, results):
         tokens, logprobs, _ = reference_greedy(tiny_loaded.model, prompt, 10)
@@ -88,14 +88,14 @@ def test_cancelled_request_blocks_are_reused(make_engine, tiny_loaded):
     engine = make_engine(page_size=PAGE, cache_tokens=12 * PAGE, max_batch_tokens=256)
     prompt = prompt_of(5 * PAGE + 3, offset=2)
     for _ in range(4):
-        handle = engine.submit(GenerationRequest(prompt, max_new_tokens=3 * PAGE, role=Role.CHAT))
+        handle = engine.submit(GenerationRequest(Role.CHAT, 3 * PAGE, tuple(prompt)))
         for _ in handle.stream():
             handle.cancel()  # after the first token
         assert handle.result(timeout=30).finish_reason == "cancelled"
     # Each cancel is done once its pages are back: free, or kept for reuse, none held by a request.
     assert wait_for(lambda: no_page_is_held(engine))
     follow_up = prompt + [40, 41]
-    logits, result = capture_first_logits(engine, GenerationRequest(follow_up, max_new_tokens=8))
+    logits, result = capture_first_logits(engine, GenerationRequest(Role.SINGLE_LINE, 8, tuple(follow_up)))
     tokens, _, ref_logits = reference_greedy(tiny_loaded.model, follow_up, 8)
     assert result.stats.cached_tokens == 5 * PAGE  # the cancelled request's pages, reused
     assert result.token_ids == tokens
@@ -105,8 +105,8 @@ def test_cancelled_request_blocks_are_reused(make_engine, tiny_loaded):
 def test_cache_off_gives_the_same_answer(make_engine, tiny_loaded):
     engine = make_engine(page_size=PAGE, prefix_cache=False)
     prompt = prompt_of(50, offset=4)
-    first = engine.generate(GenerationRequest(prompt, max_new_tokens=8))
-    second = engine.generate(GenerationRequest(prompt, max_new_tokens=8))
+    first = engine.generate(GenerationRequest(Role.SINGLE_LINE, 8, tuple(prompt)))
+    second = engine.generate(GenerationRequest(Role.SINGLE_LINE, 8, tuple(prompt)))
     tokens, _, _ = reference_greedy(tiny_loaded.model, prompt, 8)
     assert first.token_ids == second.token_ids == tokens
     assert second.stats.cached_tokens == 0

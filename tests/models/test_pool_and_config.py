@@ -37,8 +37,11 @@ def test_missing_config_means_the_embedded_default(tmp_path):
     "text, message",
     [
         ("[models.autocomplete]\nsource = 'x'\n", "unknown role"),
-        ("[models.chat]\nsorce = 'x'\n", "unknown key 'sorce'"),
+        ("[models.chat]\nsorce = 'x'\n", r"unknown key\(s\) 'sorce' \(known keys: source, "),
         ("[models.chat]\ncontext_length = 10\n", "context_length must be at least 64"),
+        ("[models.chat]\ncontext_length = '4k'\n", "context_length: expected int, got str '4k'"),
+        ("[models.chat]\nfamily = 'gpt'\n", "unknown model family 'gpt'; known families are qwen2.5-coder"),
+        ("[models.chat]\nsource = 'https://x/v1'\napi_key_env = 'sk-123'\n", "api_key_env names an environment variable"),
         ("[models.chat\n", "not valid TOML"),
     ],
 )

@@ -1,0 +1,224 @@
+"""Remote replay: the keystroke replay (benchmarks/keystroke_replay.py's typing of requests'
+sessions.py) through the remote backend against an OpenAI-compatible server, and through the local
+daemon, in one run. The server is llama-cpp-python's, with the embedded model's GGUF and the same
+thread count (tests/llama_server.py builds it for this CPU once).
+
+    python benchmarks/remote_replay.py      # writes benchmarks/results/remote_replay.{json,png}
+
+Each keystroke is a single-line completion through `completion.service.complete`, the editor's
+path. Remote cold: an unrelated prompt goes between keystrokes, so the server's prefix cache finds
+nothing to reuse; remote warm: keystroke after keystroke. The server's own timings (llama.cpp's
+per-request lines in its log: prompt eval, eval, total, prefix-match hit) give what was cached and
+how long the server itself took; `client_overhead_ms` is the rest of the time `complete` took:
+prompt building, HTTP, streaming, postprocess. logprobs are off: llama-cpp-python computes them in
+Python at about 130 ms a token, which would swamp every other figure (the README says so too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.keystroke_replay import RESULTS, plot, typed_file  # noqa: E402
+from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
+from fimble.models.backend import DaemonBackend  # noqa: E402
+from fimble.models.daemon_client import DaemonClient  # noqa: E402
+from fimble.models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint  # noqa: E402
+from fimble.models.generation import GenerationRequest  # noqa: E402
+from fimble.models.loading import default_threads  # noqa: E402
+from fimble.models.remote import RemoteBackend  # noqa: E402
+from fimble.models.spec import ModelSpec, Role  # noqa: E402
+from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, embedded_gguf, llama_cpp_site  # noqa: E402
+
+KEY_ENV = "FIMBLE_BENCH_REMOTE_KEY"
+SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
+FLUSH = "<|fim_prefix|>" + "".join(f"unrelated_{i} = {i} * {i}\n" for i in range(60)) + "<|fim_suffix|><|fim_middle|>"
+_TIMING = {
+    "prompt_eval_ms": r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens",
+    "eval_ms": r"\beval time =\s+([\d.]+) ms /\s+(\d+) runs",
+    "total_ms": r"total time =\s+([\d.]+) ms",
+}
+
+
+def keystroke_requests(text: str, start_line: int, keystrokes: int) -> list[CompletionRequest]:
+    """The line at `start_line` typed a character at a time after its indentation, the rest of the
+    file below it. (In the indentation a completion heals the line start, which keystroke_replay's
+    raw prompts do not; starting after it keeps the two replays' prompts alike.)"""
+    lines = text.splitlines(keepends=True)
+    line = lines[start_line]
+    position = sum(len(before) for before in lines[:start_line]) + len(line) - len(line.lstrip(" \t"))
+    requests = []
+    for cursor in range(position + 1, position + keystrokes + 1):
+        line_end = text.find("\n", cursor)
+        document = text[:cursor] + text[line_end:]
+        requests.append(CompletionRequest(document, cursor, "python", explicit=True))
+    return requests
+
+
+class ServerTimings:
+    """llama.cpp's timing lines for each request, read from the server's log as they appear."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.offset = log.stat().st_size
+
+    def next_request(self, timeout_s: float = 60) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            end = re.search(r"total time =[^\n]*\n", text := self._unread())
+            if end is not None:
+                block = text[: end.end()]
+                self.offset += len(block.encode())
+                return self._parse(block)
+            time.sleep(0.01)
+        raise RuntimeError("the server printed no timings for the request (did it stop early?)")
+
+    def _unread(self) -> str:
+        with self.log.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode("utf-8", errors="replace")
+
+    @staticmethod
+    def _parse(block: str) -> dict:
+        timings = {}
+        for name, pattern in _TIMING.items():
+            match = re.findall(pattern, block)[-1]
+            timings[name] = float(match[0] if isinstance(match, tuple) else match)
+            if name == "prompt_eval_ms":
+                timings["evaluated_tokens"] = int(match[1])
+            if name == "eval_ms":
+                timings["runs"] = int(match[1])
+        hit = re.findall(r"(\d+) prefix-match hit, remaining (\d+) prompt tokens", block)
+        timings["cached_tokens"] = int(hit[-1][0]) if hit else 0
+        timings["prompt_tokens"] = timings["cached_tokens"] + timings["evaluated_tokens"]
+        # The server's time to first token: the prompt, then one decode step.
+        timings["server_ttft_ms"] = timings["prompt_eval_ms"] + timings["eval_ms"] / max(1, timings["runs"])
+        return timings
+
+
+async def replay_remote(backend: RemoteBackend, requests: list[CompletionRequest], timings: ServerTimings, cold: bool) -> list[dict]:
+    rows = []
+    for request in requests:
+        if cold:  # the server's cache now holds an unrelated prompt
+            await backend.generate(GenerationRequest(Role.SINGLE_LINE, 1, prompt_text=FLUSH))
+            timings.next_request()
+        started = time.perf_counter()
+        completion = await complete(request, SETTINGS, backend)
+        wall_ms = 1000 * (time.perf_counter() - started)
+        server = timings.next_request()
+        rows.append({
+            "ttft_s": completion.stats.ttft_s, "wall_ms": wall_ms, "text": completion.text,
+            "client_overhead_ms": wall_ms - server["total_ms"], **server,
+        })  # fmt: skip
+    return rows
+
+
+async def replay_local(requests: list[CompletionRequest]) -> list[dict]:
+    client = DaemonClient()
+    backend = DaemonBackend(client)
+    rows = []
+    try:
+        await complete(requests[0], SETTINGS, backend)  # loads the model; the replay starts warm
+        for request in requests:
+            started = time.perf_counter()
+            completion = await complete(request, SETTINGS, backend)
+            rows.append({"ttft_s": completion.stats.ttft_s, "wall_ms": 1000 * (time.perf_counter() - started), "text": completion.text,
+                         "cached_tokens": completion.stats.cached_tokens, "prompt_tokens": completion.stats.prompt_tokens})
+    finally:
+        await client.close()
+    return rows
+
+
+def cpu_model() -> str:
+    done = subprocess.run(["lscpu"], capture_output=True, text=True)
+    return next((line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Model name")), "unknown")
+
+
+def p50(rows: list[dict], key: str) -> float:
+    return statistics.median(row[key] for row in rows if row[key] is not None)
+
+
+async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
+    source = typed_file()
+    requests = keystroke_requests(source.read_text(), args.start_line, args.keystrokes)
+    spec = ModelSpec(source=server.base_url, api_key_env=KEY_ENV, family="qwen2.5-coder", tokenizer=str(checkpoint), logprobs=False)
+    backend = RemoteBackend(spec)
+    timings = ServerTimings(server.log)
+    try:
+        await complete(requests[0], SETTINGS, backend)  # the first request pays for loading the weights
+        timings.next_request()
+        cold = await replay_remote(backend, requests, timings, cold=True)
+        print(f"remote cold: ttft p50 {p50(cold, 'ttft_s'):.3f} s", flush=True)
+        warm = await replay_remote(backend, requests, timings, cold=False)
+        print(f"remote warm: ttft p50 {p50(warm, 'ttft_s'):.3f} s", flush=True)
+    finally:
+        await backend.close()
+    server.stop()  # the daemon gets the cores to itself
+    local = await replay_local(requests)
+    print(f"local warm: ttft p50 {p50(local, 'ttft_s'):.3f} s", flush=True)
+    measured = warm[1:]  # the first warm keystroke follows the cold pass's last flush
+    result = {
+        "remote_cold_ttft_p50_s": p50(cold, "ttft_s"),
+        "remote_warm_ttft_p50_s": p50(measured, "ttft_s"),
+        "remote_cached_fraction": sum(r["cached_tokens"] for r in measured) / sum(r["prompt_tokens"] for r in measured),
+        "client_overhead_ms_p50": p50(cold + measured, "client_overhead_ms"),
+        "local_warm_ttft_p50_s": p50(local[1:], "ttft_s"),
+        "server_ttft_p50_ms": {"cold": p50(cold, "server_ttft_ms"), "warm": p50(measured, "server_ttft_ms")},
+        "client_overhead_ms_p90": statistics.quantiles([r["client_overhead_ms"] for r in cold + measured], n=10)[-1],
+        "same_text_remote_and_local_fraction": statistics.mean(a["text"] == b["text"] for a, b in zip(warm, local)),
+        "keystrokes": len(requests),
+        "threads": args.threads,
+        "cpu": cpu_model(),
+        "server": f"llama-cpp-python {LLAMA_CPP_VERSION} server (OpenAI API over HTTP on 127.0.0.1), {args.threads} threads",
+        "model": EMBEDDED_MODEL_NAME,
+        "logprobs": False,
+        "typed_file": f"requests/{source.name} from line {args.start_line + 1}",
+    }
+    result["goals"] = {
+        "client_overhead_ms_p50 <= 15": result["client_overhead_ms_p50"] <= 15,
+        "remote_warm_ttft_p50_s <= 0.2 * remote_cold_ttft_p50_s": result["remote_warm_ttft_p50_s"] <= 0.2 * result["remote_cold_ttft_p50_s"],
+    }
+    series = {"remote, cache reset": cold, "remote, server's prefix cache": warm, "local daemon": local}
+    plot(RESULTS / "remote_replay.png", series, "Keystroke replay: a remote OpenAI-compatible server and the local daemon")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keystrokes", type=int, default=24)
+    parser.add_argument("--start-line", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=default_threads())
+    args = parser.parse_args()
+
+    checkpoint = ensure_embedded_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="fimble-remote-replay-") as tmp:
+        os.environ[KEY_ENV] = os.urandom(8).hex()
+        os.environ["FIMBLE_RUNTIME_DIR"] = str(Path(tmp) / "run")  # a daemon of the benchmark's own
+        config = Path(tmp) / "config.toml"
+        config.write_text(f"[models.single_line]\nthreads = {args.threads}\n")
+        os.environ["FIMBLE_CONFIG"] = str(config)
+        server = LlamaServer(embedded_gguf(Path(tmp)), llama_cpp_site(), os.environ[KEY_ENV], log=Path(tmp) / "server.log", threads=args.threads)
+        server.start()
+        try:
+            result = asyncio.run(run(args, server, checkpoint))
+        finally:
+            server.stop()
+            subprocess.run([sys.executable, "-m", "fimble", "daemon", "stop"], capture_output=True, timeout=60)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "remote_replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
