@@ -43,8 +43,8 @@ from fimble.models.stopping import first_stop, streamable_length
 
 log = logging.getLogger(__name__)
 
-# Connection errors only (refused, unreachable, TLS handshake): the request never reached the
-# server, so sending it again cannot run it twice. httpx's transport retries exactly these.
+# Connection errors only (refused, unreachable, connect timeout): the request never reached the
+# server, so sending it again cannot run it twice.
 CONNECT_RETRIES = 2
 # OpenAI's API takes at most 4 stop strings; vLLM, SGLang and llama.cpp take more. The rest are
 # applied here, so sending the first few only costs a few tokens past the stop.
@@ -74,10 +74,9 @@ class _Stream:
 
 
 class RemoteBackend:
-    def __init__(self, spec: ModelSpec, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.base_url = spec.source.rstrip("/")
-        self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._served: ServedModel | None = None
         self._model_lock = asyncio.Lock()
@@ -223,8 +222,9 @@ class RemoteBackend:
                 base_url=self.base_url,
                 timeout=httpx.Timeout(self.spec.read_timeout_s, connect=self.spec.connect_timeout_s),
                 verify=verify,
-                trust_env=True,  # HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE from the environment
-                transport=self._transport or httpx.AsyncHTTPTransport(retries=CONNECT_RETRIES, verify=verify),
+                # HTTPS_PROXY, NO_PROXY from the environment. (httpx drops them for a client given a
+                # transport of its own, so the connection retries are done here, not by a transport.)
+                trust_env=True,
                 headers=self._headers(),
             )
         return self._client
@@ -241,47 +241,66 @@ class RemoteBackend:
         return {"Authorization": f"Bearer {key}"}
 
     async def _request(self, method: str, path: str) -> httpx.Response:
-        try:
-            response = await self._http().request(method, path)
-        except httpx.HTTPError as error:
-            raise self._unavailable(error) from None
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                response = await self._http().request(method, path)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                await self._before_retry(attempt, error)
+            except httpx.HTTPError as error:
+                raise self._unavailable(error) from None
         if response.status_code >= 400:
             raise self._refused(response.status_code, response.text, path)
         return response
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The server-sent events of a streamed request, as parsed JSON."""
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                async with self._http().stream("POST", path, json=body) as response:
+                    if response.status_code >= 400:
+                        text = (await response.aread()).decode("utf-8", errors="replace")
+                        if self._refuses_logprobs(body, response.status_code, text):
+                            break  # asked again below, without
+                        raise self._refused(response.status_code, text, path)
+                    async for line in response.aiter_lines():
+                        if (event := self._event(line, path)) is not None:
+                            yield event
+                return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # before anything was streamed
+                await self._before_retry(attempt, error)
+            except httpx.HTTPError as error:
+                raise self._unavailable(error) from None
+        async for event in self._events(path, {key: value for key, value in body.items() if key != "logprobs"}):
+            yield event
+
+    def _event(self, line: str, path: str) -> dict[str, Any] | None:
+        """One line of the stream as an event; None for comments (": ping"), names and blank lines."""
+        if not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return {"choices": [{"finish_reason": "stop"}]}
         try:
-            async with self._http().stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    text = (await response.aread()).decode("utf-8", errors="replace")
-                    if self._logprobs and "logprobs" in body and response.status_code in (400, 422) and "logprob" in text.lower():
-                        self._logprobs = False  # this server offers none: ask without
-                        log.warning("%s refuses logprobs: completions through it never abstain", self.base_url)
-                        self._served = None
-                        raise _RetryWithoutLogprobs()
-                    raise self._refused(response.status_code, text, path)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # comments (": ping"), event names, blank separators
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        yield {"choices": [{"finish_reason": "stop"}], "done": True}
-                        return
-                    try:
-                        event = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise RemoteRequestError(f"{self.base_url}{path} sent an event that is not JSON: {data[:80]!r}") from None
-                    if isinstance(event, dict) and "error" in event:
-                        raise RemoteRequestError(f"{self.base_url}{path} failed mid-answer: {self._redact(str(event['error']))[:200]}")
-                    if isinstance(event, dict):
-                        yield event
-        except _RetryWithoutLogprobs:
-            body = {key: value for key, value in body.items() if key != "logprobs"}
-            async for event in self._events(path, body):
-                yield event
-        except httpx.HTTPError as error:
+            event = json.loads(data)
+        except json.JSONDecodeError:
+            raise RemoteRequestError(f"{self.base_url}{path} sent an event that is not JSON: {data[:80]!r}") from None
+        if isinstance(event, dict) and "error" in event:
+            raise RemoteRequestError(f"{self.base_url}{path} failed mid-answer: {self._redact(str(event['error']))[:200]}")
+        return event if isinstance(event, dict) else None
+
+    def _refuses_logprobs(self, body: dict[str, Any], status: int, text: str) -> bool:
+        if not (self._logprobs and "logprobs" in body and status in (400, 422) and "logprob" in text.lower()):
+            return False
+        self._logprobs = False  # this server offers none: ask without from now on
+        self._served = None
+        log.warning("%s refuses logprobs: completions through it never abstain", self.base_url)
+        return True
+
+    async def _before_retry(self, attempt: int, error: httpx.HTTPError) -> None:
+        if attempt == CONNECT_RETRIES:
             raise self._unavailable(error) from None
+        await asyncio.sleep(0.1 * 2**attempt)
 
     # --- errors that say what to change -----------------------------------------------------------
 
@@ -325,10 +344,6 @@ class RemoteBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-class _RetryWithoutLogprobs(Exception):
-    pass
 
 
 def _error_detail(text: str) -> str:

@@ -54,7 +54,7 @@ def test_int8_weight_only_is_the_cpu_default(tiny_checkpoint):
     [
         (ModelSpec(quantization="bnb-nf4", device="cpu"), "needs a GPU"),
         (ModelSpec(device="cuda"), "torch sees no GPU"),
-        (ModelSpec(source="http://localhost:8000/v1"), "OpenAI-compatible server"),
+        (ModelSpec(source="http://localhost:8000/v1"), "is a remote server: `fimble lsp` talks to it directly"),
     ],
 )
 def test_impossible_specs_are_refused_with_a_reason(spec, message):

@@ -16,6 +16,7 @@ from fimble.models.generation import ChatMessage, GenerationRequest, StopRules
 from fimble.models.remote import RemoteBackend, RemoteRequestError, RemoteUnavailableError
 from fimble.models.spec import ModelSpec, Role
 from tests.conftest import REMOTE_KEY_ENV
+from tests.llama_server import free_port
 
 FIB = "<|fim_prefix|>def fibonacci(n):\n    if n < 2:\n        return n\n    return <|fim_suffix|>\n<|fim_middle|>"
 # A prompt the model goes on with for as long as it may: a long, regular list.
@@ -161,3 +162,22 @@ async def test_a_prompt_over_the_servers_context_is_an_error_not_an_empty_answer
     prompt = "<|fim_prefix|>" + "".join(f"value_{i} = compute({i}) * {i % 7}\n" for i in range(400)) + "<|fim_suffix|><|fim_middle|>"
     with pytest.raises(RemoteRequestError, match="ended the answer without finishing it; see the server's log"):
         await remote.generate(completion(prompt))
+
+
+async def test_proxies_come_from_the_environment(llama_server, monkeypatch):
+    closed = f"http://127.0.0.1:{free_port()}"  # a proxy that is not there
+    monkeypatch.setenv("HTTP_PROXY", closed)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    through_proxy = RemoteBackend(spec_for(llama_server))
+    try:
+        with pytest.raises(RemoteUnavailableError, match="cannot reach"):
+            await through_proxy.generate(completion(FIB))
+    finally:
+        await through_proxy.close()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = RemoteBackend(spec_for(llama_server))
+    try:
+        assert (await direct.generate(completion(FIB, strings=("\n",)))).text.strip()
+    finally:
+        await direct.close()
