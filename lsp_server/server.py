@@ -9,6 +9,7 @@ and restarted when it dies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -22,6 +23,7 @@ from fimble.completion.service import CompletionRequest, complete
 from fimble.lsp_server.chat import register_chat_features
 from fimble.lsp_server.debounce import AdaptiveDebounce
 from fimble.lsp_server.settings import Settings, parse_settings
+from fimble.lsp_server.status import STATUS, ServerStatus
 from fimble.lsp_server.workspace_context import WorkspaceContext
 from fimble.models.daemon_client import DaemonClient, DaemonRequestError, DaemonUnavailableError
 from fimble.models.spec import Role
@@ -45,6 +47,8 @@ class FimbleServer(LanguageServer):
         self.accepted = 0
         self.workspace_context: WorkspaceContext | None = None
         self._edit_sequence = itertools.count()
+        self.status = ServerStatus()
+        self._warm_ups = itertools.count(1)
 
     # --- plain helpers the handlers share -----------------------------------------------------------
 
@@ -62,16 +66,23 @@ class FimbleServer(LanguageServer):
         log.warning("%s", message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
+    def report(self, **changes) -> None:
+        """Change the status the editor shows (fimble/status); sent only when it differs."""
+        status = dataclasses.replace(self.status, **changes)
+        if status != self.status:
+            self.status = status
+            self.protocol.notify(STATUS, status.to_wire())
+
+    def model_failed(self, problem: object, kind: types.MessageType = types.MessageType.Error) -> None:
+        """The daemon or the model failed: the user is told, and the status shows it until it is over."""
+        self.tell(f"Fimble: {problem}", kind)
+        self.report(model="error", problem=str(problem))
+
     def _on_daemon_lost(self, reason: str) -> None:
         self.backend.forget_models()
-        self.tell(f"Fimble: {reason}", types.MessageType.Warning)
-        asyncio.get_event_loop().create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        try:
-            await self.client.connect()
-        except DaemonUnavailableError as error:
-            self.tell(f"Fimble: {error}")
+        self.model_failed(reason, types.MessageType.Warning)
+        # A new daemon, with the completion model loaded, before the next keystroke needs it.
+        asyncio.get_event_loop().create_task(self.warm_up())
 
     async def supersede(self, uri: str) -> None:
         """A newer request on a document cancels the older one, which the engine then stops."""
@@ -92,11 +103,14 @@ class FimbleServer(LanguageServer):
         try:
             document = self.workspace.get_text_document(uri)
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
-            return await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
+            completion = await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
+            if completion.empty_because not in ("trigger", "model"):
+                self.report(model="ready", problem="")  # the model answered, so an earlier problem is over
+            return completion
         except DaemonUnavailableError as error:
-            self.tell(f"Fimble: {error}", types.MessageType.Warning)
+            self.model_failed(error, types.MessageType.Warning)
         except DaemonRequestError as error:
-            self.tell(f"Fimble: {error}")
+            self.model_failed(error)
         except (ValueError, OSError) as error:  # a document neither open nor readable, say
             log.info("no completion at %s %s: %s", uri, position, error)
         finally:
@@ -131,12 +145,15 @@ class FimbleServer(LanguageServer):
         if progress:
             await self.work_done_progress.create_async(token)
             self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble: indexing", percentage=0))
+        self.report(index="indexing")
         try:
             outcome = await asyncio.to_thread(self.workspace_context.build, report)
             message = f"{outcome.files} files ({outcome.parsed} parsed, {outcome.reused} unchanged) in {outcome.seconds:.1f} s"
+            self.report(index="ready")
         except Exception as error:  # indexing is a help, never a reason to stop completing
             log.exception("indexing %s failed", root)
             message = f"indexing failed: {error}"
+            self.report(index="failed")
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
 
@@ -152,16 +169,20 @@ class FimbleServer(LanguageServer):
             asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path), next(self._edit_sequence))
 
     async def warm_up(self) -> None:
-        """Start the daemon and load the completion model, with progress shown in the editor."""
-        token = "fimble-warm-up"
+        """Start the daemon and load the completion model, with progress shown in the editor. Runs
+        at start and after the daemon died, perhaps while an earlier run is still ending: each
+        run's progress has a token of its own."""
+        token = f"fimble-warm-up-{next(self._warm_ups)}"
         progress = self.client_capabilities.window and self.client_capabilities.window.work_done_progress
         try:
             if progress:
                 await self.work_done_progress.create_async(token)
                 self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble", message="loading the completion model"))
+            self.report(model="loading", problem="")
             await self.backend.tokenizer(Role.SINGLE_LINE)
+            self.report(model="ready", problem="")
         except (DaemonUnavailableError, DaemonRequestError) as error:
-            self.tell(f"Fimble: {error}")
+            self.model_failed(error)
         finally:
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
