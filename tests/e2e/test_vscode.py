@@ -60,7 +60,12 @@ def user_settings(trace: bool) -> dict:
 
 
 @contextmanager
-def vscode_for_tests(model: Path | None, files: dict[str, str], trace: bool, installed, extension, cache: Path | None = None) -> Iterator[VSCode]:
+def vscode_for_tests(
+    model: Path | None, files: dict[str, str], trace: bool, installed, extension,
+    cache: Path | None = None, ready_timeout_s: float = 60, settings: dict | None = None,
+) -> Iterator[VSCode]:
+    """VS Code on a workspace of `files`, its `fimble lsp` on `model` (None: the embedded one),
+    once the status bar says the server is ready. `settings` are added to the user's."""
     assert FIMBLE_COMMAND.is_file(), f"{FIMBLE_COMMAND} is missing: install this checkout with `pip install -e '.[test]'`"
     with tempfile.TemporaryDirectory(prefix="fimble-vscode-") as tmp:
         root = Path(tmp)
@@ -68,8 +73,8 @@ def vscode_for_tests(model: Path | None, files: dict[str, str], trace: bool, ins
         workspace.mkdir()
         for name, text in files.items():
             (workspace / name).write_text(text)
-        with fimble_environment(root, model, cache) as env, running_vscode(installed, extension, workspace, user_settings(trace), env, root) as vscode:
-            vscode.workbench.wait_for_status("ready")
+        with fimble_environment(root, model, cache) as env, running_vscode(installed, extension, workspace, {**user_settings(trace), **(settings or {})}, env, root) as vscode:
+            vscode.workbench.wait_for_status("ready", timeout_s=ready_timeout_s)
             yield vscode
 
 
@@ -82,12 +87,12 @@ def server_answer(vscode: VSCode, file: Path, line: int, character: int) -> dict
     return wait_until(answered, 30, f"the server's answer at {file.name}:{line}:{character} in the trace")
 
 
-def type_and_wait_for_ghost_text(vscode: VSCode, name: str, line: int, column: int, typed: str) -> str:
+def type_and_wait_for_ghost_text(vscode: VSCode, name: str, line: int, column: int, typed: str, timeout_s: float = 30) -> str:
     workbench = vscode.workbench
     workbench.open_file(name)
     workbench.go_to(line, column)
     workbench.page.type(typed)
-    return workbench.ghost_text()
+    return workbench.ghost_text(timeout_s)
 
 
 class TestCompletion:
@@ -287,3 +292,41 @@ class TestChat:
         assert "attached: calc.py:1-2" in vscode.chat.text(".turn.user")
         wait_until(vscode.chat.streaming_text, ANSWER_TIMEOUT_S, "the answer to Explain starting")
         vscode.chat.wait_for_answer_end(ANSWER_TIMEOUT_S)
+
+
+# --- the embedded model, for the README's screenshot -------------------------------------------
+
+STATS = '''def mean(values):
+    """The arithmetic mean of values."""
+    total = 0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+'''
+QUESTION = "Make this return 0.0 for an empty list instead of raising"
+
+
+@pytest.mark.slow
+def test_the_embedded_model_answers_in_the_chat_and_suggests_in_the_editor(embedded_model_cache, vscode_installed, vscode_extension, tmp_path):
+    """Ghost text and a chat answer from the embedded 0.5B model, side by side. The screenshot goes
+    to $FIMBLE_VSCODE_SCREENSHOT (docs/images/vscode-chat.png for the README) or the test's folder."""
+    screenshot = Path(os.environ.get("FIMBLE_VSCODE_SCREENSHOT") or tmp_path / "vscode-chat.png")
+    # The first run converts the embedded model into the test suite's cache (about 2 minutes).
+    # The answer is capped: on two busy cores the 0.5B model writes about 3 tokens a second.
+    settings = {"fimble.chat.maxTokens": 160}
+    with vscode_for_tests(None, {"stats.py": STATS}, False, vscode_installed, vscode_extension, embedded_model_cache, 600, settings) as vscode:
+        workbench, chat = vscode.workbench, vscode.chat
+        workbench.open_file("stats.py")
+        workbench.select_lines(1, 6)
+        workbench.run_command("Fimble: Ask About Selection")
+        chat.wait("#attachments .chip:has-text('stats.py:1-6')")
+        chat.ask(QUESTION)
+        answer = chat.wait_for_answer_end(ANSWER_TIMEOUT_S * 5)
+        assert answer.strip() and "Error:" not in answer
+
+        ghost = type_and_wait_for_ghost_text(vscode, "stats.py", 9, 1, "def median(values):", ANSWER_TIMEOUT_S * 2)
+        assert ghost.startswith("\n") and ghost.strip(), "lines for the body"
+        workbench.page.screenshot(screenshot)
+    assert screenshot.stat().st_size > 0

@@ -29,7 +29,6 @@ const actions = {
   wait: (page, args) => locate(page, args).waitFor({ state: args.state || "visible", timeout: args.timeout_ms }).then(() => null),
   click: (page, args) => locate(page, args).click({ timeout: args.timeout_ms }).then(() => null),
   text: (page, args) => locate(page, args).innerText({ timeout: args.timeout_ms }),
-  html: (page, args) => locate(page, args).evaluate((element) => element.outerHTML, undefined, { timeout: args.timeout_ms }),
   // Over every match, without waiting for one to appear.
   count: (page, args) => all(page, args).count(),
   texts: (page, args) => all(page, args).allInnerTexts(),

@@ -43,10 +43,10 @@ class WorkbenchError(AssertionError):
 
 def start_group(command: list[str], log: Path, env: dict[str, str], cwd: Path | None = None, **pipes) -> subprocess.Popen:
     """A process that leads a new process group, its output in `log` unless piped."""
-    output = open(log, "ab")
-    pipes.setdefault("stdout", output)
-    pipes.setdefault("stderr", output)
-    return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, stdin=pipes.pop("stdin", subprocess.DEVNULL), **pipes)
+    with open(log, "ab") as output:
+        pipes.setdefault("stdout", output)
+        pipes.setdefault("stderr", output)
+        return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, stdin=pipes.pop("stdin", subprocess.DEVNULL), **pipes)
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -236,6 +236,8 @@ class Page:
 
 QUICK_INPUT = ".quick-input-widget .quick-input-box input"
 GHOST_TEXT = ".ghost-text-decoration"  # the suggestion's part on the cursor line
+# Its lines below the cursor line: a view zone whose lines hold spans of class ghost-text.
+GHOST_LINES = ".view-zones > div:has(.ghost-text) .view-line"
 EXTENSION_STATUS = ".statusbar-item[aria-label^='Fimble: ']"
 TOASTS = ".notifications-toasts .notification-list-item-message"
 
@@ -320,9 +322,10 @@ class Workbench:
             self.page.press("Shift+ArrowDown")
 
     def ghost_text(self, timeout_s: float = 30) -> str:
-        """The inline suggestion on the cursor line, as shown (Monaco draws spaces as U+00A0)."""
-        self.page.wait(GHOST_TEXT, timeout_s=timeout_s)
-        return as_typed("".join(self.page.call("texts", selector=GHOST_TEXT)))
+        """The inline suggestion as shown: its rest of the cursor line, then its lines below."""
+        self.page.wait(f"{GHOST_TEXT}, .ghost-text", timeout_s=timeout_s)
+        on_cursor_line = "".join(self.page.call("texts", selector=GHOST_TEXT))
+        return as_typed("\n".join([on_cursor_line, *self.page.call("texts", selector=GHOST_LINES)]))
 
     def save(self) -> None:
         self.page.press("Control+S")
