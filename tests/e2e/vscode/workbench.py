@@ -155,7 +155,10 @@ def chromium(installed: Installed, root: Path) -> Iterator[str]:
         "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
         f"--user-data-dir={profile}", "about:blank",
     ]
-    process = start_group(command, root / "chromium.log", dict(os.environ))
+    # Chromium puts files of its own in TMPDIR, outside the profile, and leaves them there.
+    scratch = root / "chromium-tmp"
+    scratch.mkdir()
+    process = start_group(command, root / "chromium.log", dict(os.environ, TMPDIR=str(scratch)))
     try:
         # Chromium writes the port it chose, then the browser's path, into DevToolsActivePort.
         port_file = profile / "DevToolsActivePort"
