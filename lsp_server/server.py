@@ -9,6 +9,7 @@ it dies); a role whose source is a URL goes to that OpenAI-compatible server (mo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -21,6 +22,7 @@ from fimble.completion.service import Completion, CompletionRequest, complete
 from fimble.lsp_server.chat import register_chat_features
 from fimble.lsp_server.debounce import AdaptiveDebounce
 from fimble.lsp_server.settings import Settings, parse_settings
+from fimble.lsp_server.status import STATUS, ServerStatus
 from fimble.lsp_server.workspace_context import WorkspaceContext
 from fimble.models.backend import DaemonBackend, RoutedBackend
 from fimble.models.config import ConfigError, load_role_config
@@ -48,6 +50,8 @@ class FimbleServer(LanguageServer):
         self.accepted = 0
         self.workspace_context: WorkspaceContext | None = None
         self._edit_sequence = itertools.count()
+        self.status = ServerStatus()
+        self._warm_ups = itertools.count(1)
 
     # --- plain helpers the handlers share -----------------------------------------------------------
 
@@ -65,16 +69,23 @@ class FimbleServer(LanguageServer):
         log.warning("%s", message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
+    def report(self, **changes) -> None:
+        """Change the status the editor shows (fimble/status); sent only when it differs."""
+        status = dataclasses.replace(self.status, **changes)
+        if status != self.status:
+            self.status = status
+            self.protocol.notify(STATUS, status.to_wire())
+
+    def model_failed(self, problem: object, kind: types.MessageType = types.MessageType.Error) -> None:
+        """The daemon or the model failed: the user is told, and the status shows it until it is over."""
+        self.tell(f"Fimble: {problem}", kind)
+        self.report(model="error", problem=str(problem))
+
     def _on_daemon_lost(self, reason: str) -> None:
         self.backend.forget_models()
-        self.tell(f"Fimble: {reason}", types.MessageType.Warning)
-        asyncio.get_event_loop().create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        try:
-            await self.client.connect()
-        except BackendUnavailableError as error:
-            self.tell(f"Fimble: {error}")
+        self.model_failed(reason, types.MessageType.Warning)
+        # A new daemon, with the completion model loaded, before the next keystroke needs it.
+        asyncio.get_event_loop().create_task(self.warm_up())
 
     async def supersede(self, uri: str) -> None:
         """A newer request on a document cancels the older one, which the engine then stops."""
@@ -96,12 +107,14 @@ class FimbleServer(LanguageServer):
             document = self.workspace.get_text_document(uri)
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
             completion = await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
-            self.report(completion)
+            self.show_model_problems(completion)
+            if completion.empty_because not in ("trigger", "model"):
+                self.report(model="ready", problem="")  # the model answered, so an earlier problem is over
             return completion
         except BackendUnavailableError as error:
-            self.tell(f"Fimble: {error}", types.MessageType.Warning)
+            self.model_failed(error, types.MessageType.Warning)
         except BackendError as error:
-            self.tell(f"Fimble: {error}")
+            self.model_failed(error)
         except (ValueError, OSError) as error:  # a document neither open nor readable, say
             log.info("no completion at %s %s: %s", uri, position, error)
         finally:
@@ -109,10 +122,10 @@ class FimbleServer(LanguageServer):
                 del self._in_flight[uri]
         return None
 
-    def report(self, completion: Completion) -> None:
+    def show_model_problems(self, completion: Completion) -> None:
         """Tell the user about a model that failed, and (once) about a model that does not fit."""
         if completion.empty_because == "model":
-            self.tell(f"Fimble: {completion.error}")
+            self.model_failed(completion.error)
         for warning in completion.warnings:
             if warning not in self._warned:
                 self._warned.add(warning)
@@ -145,12 +158,15 @@ class FimbleServer(LanguageServer):
         if progress:
             await self.work_done_progress.create_async(token)
             self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble: indexing", percentage=0))
+        self.report(index="indexing")
         try:
             outcome = await asyncio.to_thread(self.workspace_context.build, report)
             message = f"{outcome.files} files ({outcome.parsed} parsed, {outcome.reused} unchanged) in {outcome.seconds:.1f} s"
+            self.report(index="ready")
         except Exception as error:  # indexing is a help, never a reason to stop completing
             log.exception("indexing %s failed", root)
             message = f"indexing failed: {error}"
+            self.report(index="failed")
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
 
@@ -166,16 +182,20 @@ class FimbleServer(LanguageServer):
             asyncio.get_running_loop().run_in_executor(None, context.document_closed, Path(path), next(self._edit_sequence))
 
     async def warm_up(self) -> None:
-        """Start the daemon and load the completion model, with progress shown in the editor."""
-        token = "fimble-warm-up"
+        """Start the daemon and load the completion model, with progress shown in the editor. Runs
+        at start and after the daemon died, perhaps while an earlier run is still ending: each
+        run's progress has a token of its own."""
+        token = f"fimble-warm-up-{next(self._warm_ups)}"
         progress = self.client_capabilities.window and self.client_capabilities.window.work_done_progress
         try:
             if progress:
                 await self.work_done_progress.create_async(token)
                 self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Fimble", message="loading the completion model"))
+            self.report(model="loading", problem="")
             await self.backend.model(Role.SINGLE_LINE)
+            self.report(model="ready", problem="")
         except BackendError as error:
-            self.tell(f"Fimble: {error}")
+            self.model_failed(error)
         finally:
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))

@@ -1,7 +1,9 @@
 // Starts `fimble lsp` over stdio and lets vscode-languageclient wire its inline completions into
-// VS Code's ghost text. The chat panel (chat/controller.ts) talks to the same server.
+// VS Code's ghost text. The chat panel (chat/controller.ts) talks to the same server, and the status
+// bar item (status.ts) shows what the server says about its model and index.
 import * as vscode from "vscode";
 import { ChatController } from "./chat/controller";
+import { StatusBar } from "./status";
 import {
   DidChangeConfigurationNotification,
   LanguageClient,
@@ -10,6 +12,8 @@ import {
 } from "vscode-languageclient/node";
 
 const SERVER_SETTINGS = ["enable", "multiLine", "abstainBelowLogprob", "maxDebounceMs"];
+const SHOW_OUTPUT_COMMAND = "fimble.showOutput";
+const RESTART_COMMAND = "fimble.restartServer";
 
 let client: LanguageClient | undefined;
 
@@ -30,37 +34,64 @@ function serverSettings(): Record<string, unknown> {
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const command = vscode.workspace.getConfiguration("fimble").get<string>("serverPath") || "fimble";
   const serverOptions: ServerOptions = { command, args: ["lsp"] };
+  const output = vscode.window.createOutputChannel("Fimble");
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
-    initializationOptions: serverSettings(),
+    // Read at every start, so that a restarted server gets the current settings.
+    initializationOptions: () => serverSettings(),
+    outputChannel: output,
   };
-  client = new LanguageClient("fimble", "Fimble", serverOptions, clientOptions);
+  const started = new LanguageClient("fimble", "Fimble", serverOptions, clientOptions);
+  client = started;
   // In vscode-languageclient 9, textDocument/inlineCompletion (LSP 3.18) is a proposed feature:
   // this registers a VS Code InlineCompletionItemProvider that forwards to the server.
-  client.registerProposedFeatures();
+  started.registerProposedFeatures();
 
-  const chat = new ChatController(context.extensionUri, client);
+  const status = new StatusBar(started, output, SHOW_OUTPUT_COMMAND);
+  const chat = new ChatController(context.extensionUri, started);
   context.subscriptions.push(
+    output,
+    status,
     chat,
     vscode.commands.registerCommand("fimble.chat.open", () => chat.open()),
-    vscode.commands.registerCommand("fimble.chat.askAboutSelection", () => chat.askAboutSelection())
+    vscode.commands.registerCommand("fimble.chat.askAboutSelection", () => chat.askAboutSelection()),
+    vscode.commands.registerCommand(SHOW_OUTPUT_COMMAND, () => output.show(true)),
+    vscode.commands.registerCommand("fimble.showStatus", () => status.showDetails(RESTART_COMMAND)),
+    vscode.commands.registerCommand(RESTART_COMMAND, () => restartServer(started, command, output, status))
   );
 
   context.subscriptions.push(
     vscode.workspace.onDidChangeConfiguration((event) => {
-      if (event.affectsConfiguration("fimble") && client?.isRunning()) {
-        client.sendNotification(DidChangeConfigurationNotification.type, { settings: serverSettings() });
+      if (event.affectsConfiguration("fimble") && started.isRunning()) {
+        started.sendNotification(DidChangeConfigurationNotification.type, { settings: serverSettings() });
       }
     })
   );
 
+  await startServer(started, command, output, status);
+}
+
+async function startServer(client: LanguageClient, command: string, output: vscode.OutputChannel, status: StatusBar): Promise<void> {
+  output.appendLine(`Starting "${command} lsp"`);
   try {
     await client.start();
+    output.appendLine(`"${command} lsp" is running`);
   } catch (error) {
+    const problem = `could not start "${command} lsp" (${error})`;
+    status.failedToStart(problem);
     vscode.window.showErrorMessage(
-      `Fimble: could not start "${command} lsp" (${error}). Install fimble with pip, or set fimble.serverPath to its full path.`
+      `Fimble: ${problem}. Install fimble with pip, or set fimble.serverPath to its full path.`
     );
   }
+}
+
+/** "Fimble: Restart Server": a new `fimble lsp`, which finds the daemon (or starts a new one). */
+async function restartServer(client: LanguageClient, command: string, output: vscode.OutputChannel, status: StatusBar): Promise<void> {
+  if (client.needsStop()) {
+    output.appendLine(`Stopping "${command} lsp"`);
+    await client.stop();
+  }
+  await startServer(client, command, output, status);
 }
 
 export async function deactivate(): Promise<void> {

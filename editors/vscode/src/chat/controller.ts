@@ -122,7 +122,7 @@ export class ChatController implements vscode.Disposable {
     try {
       result = await this.client.sendRequest(
         ChatRequest,
-        { sessionId: this.sessionId ?? null, message, attachments },
+        { sessionId: this.sessionId ?? null, message, attachments, ...answerLimit() },
         running.cancel.token
       );
     } catch (error) {
@@ -262,13 +262,22 @@ export class ChatController implements vscode.Disposable {
   }
 }
 
+// fimble.chat.maxTokens: 0 (the default) leaves the answer's length to the server.
+function answerLimit(): { maxTokens?: number } {
+  const maxTokens = vscode.workspace.getConfiguration("fimble").get<number>("chat.maxTokens") ?? 0;
+  return maxTokens > 0 ? { maxTokens } : {};
+}
+
 function label(attachment: Attachment): string {
   if (attachment.kind === "symbol") {
     return `@${attachment.name}`;
   }
   const name = path.basename(vscode.Uri.parse(attachment.uri).path);
   if (attachment.kind === "selection") {
-    return `${name}:${attachment.range.start.line + 1}-${attachment.range.end.line + 1}`;
+    const { start, end } = attachment.range;
+    // A selection of whole lines ends at the start of the next line, which it does not include.
+    const lastLine = end.character === 0 && end.line > start.line ? end.line - 1 : end.line;
+    return `${name}:${start.line + 1}-${lastLine + 1}`;
   }
   return name;
 }

@@ -21,6 +21,7 @@ export interface ChatParams {
   sessionId?: string | null;
   message: string;
   attachments?: Attachment[];
+  maxTokens?: number; // absent: the server's default
 }
 
 export type FinishReason = "stop" | "length" | "cancelled" | "error";
