@@ -144,7 +144,7 @@ async def solve_reference(backend: EngineBackend, problem: Problem, max_tokens: 
     tokenizer = served.tokenizer
     started = time.perf_counter()
     ids = tokenizer.encode(reference_prompt(tokenizer, problem), add_special_tokens=False)
-    stop = StopRules(token_ids=served.chat_stop_token_ids(), strings=("\n```",))
+    stop = StopRules(token_ids=served.chat_stop_token_ids, strings=("\n```",))
     generated = await backend.generate(GenerationRequest(Role.CHAT, max_tokens, tuple(ids), stop=stop))
     seconds = time.perf_counter() - started
     return await checked(problem, REFERENCE_RESPONSE_PREFIX + generated.text, generated.finish_reason, seconds, limits)

@@ -52,17 +52,20 @@ _TIMING = {
 
 
 def keystroke_requests(text: str, start_line: int, keystrokes: int) -> list[CompletionRequest]:
-    """The line at `start_line` typed a character at a time after its indentation, the rest of the
-    file below it. (In the indentation a completion heals the line start, which keystroke_replay's
-    raw prompts do not; starting after it keeps the two replays' prompts alike.)"""
-    lines = text.splitlines(keepends=True)
-    line = lines[start_line]
-    position = sum(len(before) for before in lines[:start_line]) + len(line) - len(line.lstrip(" \t"))
+    """The file from `start_line` typed a character at a time, the rest of each line not yet there
+    and the file below it, skipping the keystrokes that leave the cursor at a line start or in the
+    indentation (an editor's Enter puts the cursor after the indentation). Mid-line, each keystroke
+    is one generation that the server itself stops at the line's end (at a line start a completion
+    heals the line start and may ask twice), so each has one set of server timings."""
+    cursor = sum(len(line) for line in text.splitlines(keepends=True)[:start_line])
     requests = []
-    for cursor in range(position + 1, position + keystrokes + 1):
+    while len(requests) < keystrokes:
+        cursor += 1
+        line_start = text.rfind("\n", 0, cursor) + 1
+        if not text[line_start:cursor].strip():
+            continue  # a line break or indentation: an editor's Enter puts the cursor after it
         line_end = text.find("\n", cursor)
-        document = text[:cursor] + text[line_end:]
-        requests.append(CompletionRequest(document, cursor, "python", explicit=True))
+        requests.append(CompletionRequest(text[:cursor] + text[line_end:], cursor, "python", explicit=True))
     return requests
 
 
@@ -107,19 +110,42 @@ class ServerTimings:
         return timings
 
 
-async def replay_remote(backend: RemoteBackend, requests: list[CompletionRequest], timings: ServerTimings, cold: bool) -> list[dict]:
+class CountedRemote(RemoteBackend):
+    """The remote backend, counting its generations and timing the last one."""
+
+    generations = 0
+    last_generate_ms = 0.0
+
+    async def generate(self, request, on_chunk=None):
+        self.generations += 1
+        started = time.perf_counter()
+        try:
+            return await super().generate(request, on_chunk)
+        finally:
+            self.last_generate_ms = 1000 * (time.perf_counter() - started)
+
+
+async def replay_remote(backend: CountedRemote, requests: list[CompletionRequest], timings: ServerTimings, cold: bool) -> list[dict]:
     rows = []
     for request in requests:
         if cold:  # the server's cache now holds an unrelated prompt
             await backend.generate(GenerationRequest(Role.SINGLE_LINE, 1, prompt_text=FLUSH))
             timings.next_request()
+        calls = backend.generations
         started = time.perf_counter()
         completion = await complete(request, SETTINGS, backend)
         wall_ms = 1000 * (time.perf_counter() - started)
+        if backend.generations != calls + 1:
+            raise RuntimeError("a keystroke took two generations (a healed line start?); its server timings would not match")
         server = timings.next_request()
         rows.append({
             "ttft_s": completion.stats.ttft_s, "wall_ms": wall_ms, "text": completion.text,
-            "client_overhead_ms": wall_ms - server["total_ms"], **server,
+            "client_overhead_ms": wall_ms - server["total_ms"],
+            # Of that: the request over HTTP, the server's web layer and the stream, and the rest
+            # of `complete` (the prompt, postprocess).
+            "transport_ms": backend.last_generate_ms - server["total_ms"],
+            "prompt_and_postprocess_ms": wall_ms - backend.last_generate_ms,
+            **server,
         })  # fmt: skip
     return rows
 
@@ -153,7 +179,7 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
     source = typed_file()
     requests = keystroke_requests(source.read_text(), args.start_line, args.keystrokes)
     spec = ModelSpec(source=server.base_url, api_key_env=KEY_ENV, family="qwen2.5-coder", tokenizer=str(checkpoint), logprobs=False)
-    backend = RemoteBackend(spec)
+    backend = CountedRemote(spec)
     timings = ServerTimings(server.log)
     try:
         await complete(requests[0], SETTINGS, backend)  # the first request pays for loading the weights
@@ -176,6 +202,8 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
         "local_warm_ttft_p50_s": p50(local[1:], "ttft_s"),
         "server_ttft_p50_ms": {"cold": p50(cold, "server_ttft_ms"), "warm": p50(measured, "server_ttft_ms")},
         "client_overhead_ms_p90": statistics.quantiles([r["client_overhead_ms"] for r in cold + measured], n=10)[-1],
+        "transport_ms_p50": p50(cold + measured, "transport_ms"),
+        "prompt_and_postprocess_ms_p50": p50(cold + measured, "prompt_and_postprocess_ms"),
         "same_text_remote_and_local_fraction": statistics.mean(a["text"] == b["text"] for a, b in zip(warm, local)),
         "keystrokes": len(requests),
         "threads": args.threads,
@@ -183,7 +211,7 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
         "server": f"llama-cpp-python {LLAMA_CPP_VERSION} server (OpenAI API over HTTP on 127.0.0.1), {args.threads} threads",
         "model": EMBEDDED_MODEL_NAME,
         "logprobs": False,
-        "typed_file": f"requests/{source.name} from line {args.start_line + 1}",
+        "typed_file": f"requests/{source.name}, the first line of code from line {args.start_line + 1}",
     }
     result["goals"] = {
         "client_overhead_ms_p50 <= 15": result["client_overhead_ms_p50"] <= 15,

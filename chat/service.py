@@ -340,7 +340,7 @@ class ChatService:
         try:
             served = await self.backend.model(Role.CHAT)
             tokenizer, context_length = served.tokenizer, served.info.context_length
-            template = served.info.chat_template or (COUNTING_TEMPLATE if served.info.chat_template_on_server else "")
+            template = served.info.chat_template or (COUNTING_TEMPLATE if served.info.takes_text else "")
             if not template:
                 raise ChatModelError("the chat model has no chat template (a base model?); configure an instruct model for [models.chat]")
             budget = dataclasses.replace(self.budget, context_tokens=min(self.budget.context_tokens, context_length))
@@ -357,7 +357,7 @@ class ChatService:
             dropped, notice = prompt.dropped_turns, prompt.notice
             max_new_tokens = max(1, min(budget.answer_tokens, context_length - len(prompt.token_ids)))
             # The end-of-turn tokens as ids, and as strings for a vocabulary that spells them in pieces.
-            end_of_turn = StopRules(token_ids=served.chat_stop_token_ids(), strings=served.family.chat_stop)
+            end_of_turn = StopRules(token_ids=served.chat_stop_token_ids, strings=served.family.chat_stop)
             request = GenerationRequest(Role.CHAT, max_new_tokens, tuple(prompt.token_ids), prompt.text, prompt.messages, end_of_turn)
             generation = asyncio.ensure_future(self.backend.generate(request, lambda chunk: on_text(chunk.text)))
             stopping = asyncio.ensure_future(stop.wait())

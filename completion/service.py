@@ -121,14 +121,15 @@ async def complete(
     if context_source is not None and settings.context_tokens > 0 and repo is not None:
         # Retrieval parses and tokenizes: keep it off the event loop that serves keystrokes.
         context = await asyncio.to_thread(context_source, served.tokenizer, settings.context_tokens, repo)
-    prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, fim=fim)
+    ids = not served.info.takes_text
+    prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, fim=fim, token_ids=ids)
     result = await backend.generate(generation_request(prompt, mode, request, settings, served))
     if prompt.healed and result.finish_reason != "error" and not result.text.startswith("\n"):
         # Asked to start the cursor's line, the model went on with the line above ("0", "= []").
         # That text doesn't belong at the cursor: ask again with the plain prompt, which shares
         # all but its last token with this one in the prefix cache. On HumanEval single-line,
         # 25 of 1,033 tasks took this path, and their healed answers all failed.
-        prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, heal=False, fim=fim)
+        prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, False, fim, ids)
         result = await backend.generate(generation_request(prompt, mode, request, settings, served))
     return shown_completion(result, prompt, mode, request, settings, context_files(context, repo), served.info.warnings)
 
@@ -159,7 +160,7 @@ def generation_request(
 ) -> GenerationRequest:
     single = mode == CompletionMode.SINGLE_LINE
     stop = StopRules(
-        token_ids=served.stop_token_ids(),
+        token_ids=served.stop_token_ids,
         # Single-line: stop at the first line break after some text.
         strings=("\n",) if single else (),
         after_text=bool(prompt.healed),

@@ -104,7 +104,9 @@ class ModelInfo:
     family: str  # a key of models.families.FAMILIES
     context_length: int
     chat_template: str = ""  # the model's jinja template; "" when it has none or the server applies it
-    chat_template_on_server: bool = False  # a remote server applies the template to `messages`
+    # A remote server: it takes prompts as text (completions) and messages (chat, applying the
+    # model's template itself), so no token ids are sent.
+    takes_text: bool = False
     tokenizer_json: str = ""  # the model's tokenizer.json; "" when it is not known here (remote)
     logprobs: bool = True  # whether results carry logprobs (abstaining needs them)
     warnings: tuple[str, ...] = field(default=())

@@ -79,6 +79,7 @@ class RemoteBackend:
         self.base_url = spec.source.rstrip("/")
         self._client: httpx.AsyncClient | None = None
         self._served: ServedModel | None = None
+        self._per_role: dict[Role, ServedModel] = {}  # the same model, with each role's warnings
         self._model_lock = asyncio.Lock()
         self._logprobs = spec.logprobs  # turned off when the server refuses them
 
@@ -88,13 +89,16 @@ class RemoteBackend:
         async with self._model_lock:  # one GET /models, however many requests wait for it
             if self._served is None:
                 self._served = await self._serve()
-        warning = fim_warning(self._served.family, self._served.info.name) if role != Role.CHAT else ""
-        return replace(self._served, info=replace(self._served.info, warnings=(warning,) if warning else ()))
+                self._per_role.clear()
+        if role not in self._per_role:
+            warning = fim_warning(self._served.family, self._served.info.name) if role != Role.CHAT else ""
+            self._per_role[role] = replace(self._served, info=replace(self._served.info, warnings=(warning,) if warning else ()))
+        return self._per_role[role]
 
     async def _serve(self) -> ServedModel:
         name = self.spec.model or await self._first_listed_model()
         family = family_named(self.spec.family) if self.spec.family else detect_family(name)
-        info = ModelInfo(name=name, family=family.name, context_length=self.spec.context_length, chat_template_on_server=True, logprobs=self._logprobs)
+        info = ModelInfo(name=name, family=family.name, context_length=self.spec.context_length, takes_text=True, logprobs=self._logprobs)
         return ServedModel(info, self._tokenizer(), family)
 
     def _tokenizer(self) -> Tokenizer:
@@ -133,14 +137,14 @@ class RemoteBackend:
         started = time.perf_counter()
         state = _Stream()
         try:
-            finish = await self._stream(served, request, state, on_chunk, started)
+            finish = await self._stream(served, request, state, on_chunk)
         except BackendError as error:
             if state.text:  # what came before the failure is kept, as the engine keeps it
                 return self._result(request, state, "error", started, error=str(error))
             raise
         return self._result(request, state, finish, started)
 
-    async def _stream(self, served: ServedModel, request: GenerationRequest, state: _Stream, on_chunk, started: float) -> FinishReason:
+    async def _stream(self, served: ServedModel, request: GenerationRequest, state: _Stream, on_chunk: ChunkCallback | None) -> FinishReason:
         chat = bool(request.messages)
         path, body = ("/chat/completions", self._chat_body(served, request)) if chat else ("/completions", self._completion_body(served, request))
         async for event in self._events(path, body):

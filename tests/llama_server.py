@@ -126,14 +126,19 @@ class LlamaServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the llama.cpp server exited at start (code {self.process.returncode}); see {self.log}")
+                raise RuntimeError(f"the llama.cpp server exited at start (code {self.process.returncode}):\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the llama.cpp server did not answer within {timeout_s:.0f} s")
+        raise RuntimeError(f"the llama.cpp server did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log is None or not self.log.exists():
+            return "(no log kept)"
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import bisect
+import inspect
+import textwrap
+from random import Random
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -12,6 +18,7 @@ from fimble.completion.prompt import (
     prefix_window_start,
     split_at_cursor,
     suffix_window,
+    token_starts,
 )
 
 
@@ -87,3 +94,46 @@ def test_one_huge_line_keeps_the_tail_within_budget(tokenizer):
 
 def test_suffix_that_fits_is_kept_whole(tokenizer):
     assert suffix_window("\nreturn x\n", tokenizer, FimBudget()) == "\nreturn x\n"
+
+
+def whole_text_window_start(prefix: str, tokenizer, budget: FimBudget) -> int:
+    """prefix_window_start as it reads if it tokenized the whole prefix."""
+    starts = token_starts(prefix, tokenizer)
+    if len(starts) <= budget.prefix_tokens:
+        return 0
+    line_starts = [0] + [i + 1 for i, ch in enumerate(prefix) if ch == "\n"]
+    for candidates in (line_starts[:: budget.window_step_lines], line_starts):
+        for start in candidates:
+            if len(starts) - bisect.bisect_left(starts, start) <= budget.prefix_tokens:
+                return start
+    return starts[-budget.prefix_tokens]
+
+
+def whole_text_suffix_window(suffix: str, tokenizer, budget: FimBudget) -> str:
+    starts = token_starts(suffix, tokenizer)
+    if len(starts) <= budget.suffix_tokens:
+        return suffix
+    cut = suffix.rfind("\n", 0, starts[budget.suffix_tokens])
+    return suffix[: cut + 1] if cut >= 0 else ""
+
+
+def check_windows_match_whole_text_tokenization(tokenizer, cursors: int) -> None:
+    budget = FimBudget()
+    random = Random(7)
+    for module in (textwrap, argparse):  # real files of the standard library, 500 and 2,600 lines
+        text = inspect.getsource(module)
+        for offset in sorted(random.sample(range(len(text)), cursors)):
+            prefix, suffix = text[:offset], text[offset:]
+            assert prefix_window_start(prefix, tokenizer, budget) == whole_text_window_start(prefix, tokenizer, budget), (module, offset)
+            assert suffix_window(suffix, tokenizer, budget) == whole_text_suffix_window(suffix, tokenizer, budget), (module, offset)
+
+
+def test_budget_windows_equal_those_of_whole_text_tokenization(tokenizer):
+    check_windows_match_whole_text_tokenization(tokenizer, 60)
+
+
+@pytest.mark.slow
+def test_budget_windows_equal_those_of_whole_text_tokenization_with_qwens_tokenizer(embedded_model_cache):
+    from fimble.models.embedded import ensure_embedded_checkpoint
+
+    check_windows_match_whole_text_tokenization(AutoTokenizer.from_pretrained(ensure_embedded_checkpoint(embedded_model_cache)), 150)

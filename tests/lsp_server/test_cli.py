@@ -85,7 +85,8 @@ def hub_cache_with(tmp_path: Path, repo_id: str, checkpoint: Path) -> Path:
 def test_a_hub_id_in_the_hub_cache_loads_offline(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache_with(tmp_path, "fimble-test/tiny-qwen2", tiny_checkpoint)))
     config = tmp_path / "config.toml"
-    config.write_text('[models.single_line]\nsource = "fimble-test/tiny-qwen2"\nquantization = "none"\n')
+    # Every role, so that no request falls to the embedded model (a multi-line one at the end of the file).
+    config.write_text("".join(f'[models.{role}]\nsource = "fimble-test/tiny-qwen2"\nquantization = "none"\n' for role in ("single_line", "multi_line", "chat")))
     source = tmp_path / "example.py"
     source.write_text("import os\n")
 

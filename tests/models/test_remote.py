@@ -136,8 +136,8 @@ async def test_a_missing_key_variable_says_what_to_export(llama_server, monkeypa
 
 async def test_a_server_slower_than_the_timeout_is_a_clear_error_and_the_request_ends_there(llama_server, remote):
     log = ServerLog(llama_server)
-    # A long new prompt (about 2,000 tokens): its prefill alone takes longer than the timeout.
-    prompt = "<|fim_prefix|>" + "".join(f"value_{i} = compute({i}) * {i % 7}\n" for i in range(150)) + "<|fim_suffix|><|fim_middle|>"
+    # A new prompt of about 700 tokens: its prefill alone takes seconds, far over the timeout.
+    prompt = "<|fim_prefix|>" + "".join(f"value_{i} = compute({i}) * {i % 7}\n" for i in range(50)) + "<|fim_suffix|><|fim_middle|>"
     backend = RemoteBackend(spec_for(llama_server, read_timeout_s=0.2))
     try:
         with pytest.raises(RemoteUnavailableError, match=r"did not answer within 0\.2 s.*raise read_timeout_s"):

@@ -6,7 +6,8 @@ registry and Debian; the steps of code-server's postinstall that would be are do
     python tests/e2e/vscode/install.py
 
 It prints each step and how long it took; a second run finds everything in place and does nothing.
-Everything goes into $FIMBLE_E2E_CACHE (default ~/.cache/fimble-e2e), one folder per version. A
+Everything goes into the test tools cache, $FIMBLE_TEST_TOOLS (default ~/.cache/fimble-test-tools,
+shared with tests/llama_server.py), one folder per version. A
 folder is built beside its place and renamed into it when complete, so an interrupted run starts
 that step again. Debian packages that are missing are installed with apt-get (as root), or named
 in the error. Only the standard library is used: this runs before anything else is installed.
@@ -54,10 +55,11 @@ class Installed:
 
 
 def e2e_cache_dir() -> Path:
-    """Where the installs live. Deliberately not XDG_CACHE_HOME: the test run points that into a
-    temporary folder, and this cache must outlive the run."""
-    configured = os.environ.get("FIMBLE_E2E_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fimble-e2e"
+    """Where the installs live: the test tools cache. tests/conftest.py sets FIMBLE_TEST_TOOLS from
+    the cache dir the user had, before the test run points XDG_CACHE_HOME into a temporary folder;
+    this cache must outlive the run."""
+    configured = os.environ.get("FIMBLE_TEST_TOOLS")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fimble-test-tools"
 
 
 def install(cache: Path | None = None, say: Say = print) -> Installed:
