@@ -8,6 +8,22 @@ local M = {}
 ---@field settings? table Server settings: enable, multiLine, abstainBelowLogprob, maxDebounceMs.
 ---@field filetypes? string[] Filetypes to complete in (default: all).
 ---@field accept_key? string|false Insert-mode key that accepts a visible suggestion (default: "<Tab>").
+---@field accept_word_key? string|false Insert-mode key that accepts the suggestion's next word (default: none).
+---@field accept_line_key? string|false Insert-mode key that accepts the suggestion through its first line break (default: none).
+
+-- get() accepts the suggestion on screen (through on_accept, else Neovim's own accept, which
+-- inserts it all and runs its command) and returns false when there is none: then the key does
+-- what it did before.
+---@param key string
+---@param desc string
+---@param on_accept? fun(item: vim.lsp.inline_completion.Item)
+local function map_accept(key, desc, on_accept)
+  vim.keymap.set("i", key, function()
+    if not vim.lsp.inline_completion.get({ on_accept = on_accept }) then
+      return key
+    end
+  end, { expr = true, desc = desc })
+end
 
 ---@param opts? fimble.Opts
 function M.setup(opts)
@@ -31,13 +47,16 @@ function M.setup(opts)
 
   local key = opts.accept_key == nil and "<Tab>" or opts.accept_key
   if key then
-    -- get() accepts the suggestion on screen and returns false when there is none: then the key
-    -- does what it did before.
-    vim.keymap.set("i", key, function()
-      if not vim.lsp.inline_completion.get() then
-        return key
-      end
-    end, { expr = true, desc = "Fimble: accept the inline completion" })
+    map_accept(key, "Fimble: accept the inline completion")
+  end
+  local accept = require("fimble.accept")
+  if opts.accept_word_key then
+    local desc = "Fimble: accept the next word of the inline completion"
+    map_accept(opts.accept_word_key, desc, accept.on_accept(accept.next_word))
+  end
+  if opts.accept_line_key then
+    local desc = "Fimble: accept the inline completion up to the end of its first line"
+    map_accept(opts.accept_line_key, desc, accept.on_accept(accept.through_line_end))
   end
 end
 
