@@ -222,12 +222,17 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def replay_arguments(description: str) -> argparse.ArgumentParser:
+    """The keystrokes typed and the server's threads, shared with server_http_overhead.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--keystrokes", type=int, default=24)
     parser.add_argument("--start-line", type=int, default=400)
     parser.add_argument("--threads", type=int, default=default_threads())
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = replay_arguments(__doc__.split("\n\n")[0]).parse_args()
 
     checkpoint = ensure_embedded_checkpoint()
     with tempfile.TemporaryDirectory(prefix="fimble-remote-replay-") as tmp:

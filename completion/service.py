@@ -10,6 +10,7 @@ gives the FIM format, the stop tokens and the repository-context format.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +19,7 @@ from fimble.completion.prompt import FimBudget, FimPrompt, build_fim_prompt_arou
 from fimble.completion.trigger import CompletionMode, decide_mode
 from fimble.models.backend import Backend, ServedModel, Tokenizer
 from fimble.models.families import RepoFormat
-from fimble.models.generation import GenerationRequest, GenerationResult, GenerationStats, StopRules
+from fimble.models.generation import GenerationChunk, GenerationRequest, GenerationResult, GenerationStats, StopRules
 from fimble.models.spec import Role
 from fimble.models.stopping import block_end_for, strip_healed
 
@@ -58,12 +59,14 @@ class Completion:
     text: str  # inserted at the cursor; "" when there is nothing to show
     mode: CompletionMode
     mean_logprob: float | None = None
-    # Why the text is empty: "trigger", "abstained", "postprocess", "model"; "" when there is text.
+    # Why the text is empty: "trigger", "abstained", "postprocess", "model", "late"; "" when there is text.
     empty_because: str = ""
     stats: GenerationStats = GenerationStats()
     context_files: tuple[str, ...] = ()  # the other files whose code was in the prompt
     error: str = ""  # empty_because "model": what failed
     warnings: tuple[str, ...] = ()  # about the model serving this mode (an instruct model asked for FIM)
+    late: bool = False  # a draft shown past the latency budget (lsp_server/suggestions.py)
+    from_cache: bool = False  # the rest of an earlier suggestion (completion/suggestion_cache.py)
 
 
 # Given the tokenizer (to count the budget), the budget and the model family's repository format,
@@ -104,16 +107,30 @@ def clip_around_cursor(request: CompletionRequest) -> CompletionRequest:
     return CompletionRequest(prefix + suffix, len(prefix), request.language_id, request.explicit)
 
 
+# Sees the model's text for the cursor so far, and the mode it was asked in (first with "", once the
+# mode is known and the model is loaded).
+DraftCallback = Callable[[str, CompletionMode], None]
+
+
 async def complete(
-    request: CompletionRequest, settings: CompletionSettings, backend: Backend, context_source: ContextSource | None = None
+    request: CompletionRequest,
+    settings: CompletionSettings,
+    backend: Backend,
+    context_source: ContextSource | None = None,
+    on_draft: DraftCallback | None = None,
+    background: bool = False,
 ) -> Completion:
+    """The completion for a cursor. `on_draft` sees the text as the model writes it, before
+    postprocessing; `background` marks a prefetch, which nobody waits for yet."""
     request = clip_around_cursor(request)
     mode = decide_mode(request.prefix, request.suffix, request.language_id, request.explicit)
     if mode == CompletionMode.MULTI_LINE and not settings.multi_line:
         mode = CompletionMode.SINGLE_LINE
     if mode == CompletionMode.NONE:
         return Completion("", mode, empty_because="trigger")
-    served = await backend.model(ROLE_FOR_MODE[mode])
+    served = await backend.model(ROLE_FOR_MODE[mode])  # waits while the model loads
+    if on_draft is not None:
+        on_draft("", mode)
     fim, repo = served.family.fim, served.family.repo
     if fim is None:
         return Completion("", mode, empty_because="model", error=f"{served.info.name} does not fill in the middle", warnings=served.info.warnings)
@@ -123,15 +140,46 @@ async def complete(
         context = await asyncio.to_thread(context_source, served.tokenizer, settings.context_tokens, repo)
     ids = not served.info.takes_text
     prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, fim=fim, token_ids=ids)
-    result = await backend.generate(generation_request(prompt, mode, request, settings, served))
+    result = await generate_drafting(backend, generation_request(prompt, mode, request, settings, served, background), prompt.healed, mode, on_draft)
     if prompt.healed and result.finish_reason != "error" and not result.text.startswith("\n"):
         # Asked to start the cursor's line, the model went on with the line above ("0", "= []").
         # That text doesn't belong at the cursor: ask again with the plain prompt, which shares
         # all but its last token with this one in the prefix cache. On HumanEval single-line,
         # 25 of 1,033 tasks took this path, and their healed answers all failed.
         prompt = build_fim_prompt_around(request.prefix, request.suffix, served.tokenizer, settings.budget, context, False, fim, ids)
-        result = await backend.generate(generation_request(prompt, mode, request, settings, served))
+        result = await generate_drafting(backend, generation_request(prompt, mode, request, settings, served, background), "", mode, on_draft)
     return shown_completion(result, prompt, mode, request, settings, context_files(context, repo), served.info.warnings)
+
+
+async def generate_drafting(
+    backend: Backend, request: GenerationRequest, healed: str, mode: CompletionMode, on_draft: DraftCallback | None
+) -> GenerationResult:
+    """backend.generate, with the text for the cursor so far streamed to `on_draft`."""
+    if on_draft is None:
+        return await backend.generate(request)
+    pieces: list[str] = []
+
+    def on_chunk(chunk: GenerationChunk) -> None:
+        pieces.append(chunk.text)
+        on_draft(strip_healed("".join(pieces), healed) if healed else "".join(pieces), mode)
+
+    return await backend.generate(request, on_chunk)
+
+
+def draft_completion(request: CompletionRequest, draft: str, mode: CompletionMode) -> Completion:
+    """What to show of a completion still being written (past the latency budget): the draft cut
+    after its last whole word, postprocessed like a finished one; it may be empty."""
+    text = postprocess(without_control_characters(until_last_whole_word(draft)), request.prefix, request.suffix, mode, request.language_id)
+    return Completion(text, mode, empty_because="" if text else "late", late=True)
+
+
+def until_last_whole_word(text: str) -> str:
+    """Partial output cut where a token boundary is safe: an identifier or number still being
+    written ("fibona") may be unfinished, so it goes, and so does the space before it."""
+    return _UNFINISHED_WORD.sub("", text).rstrip(" \t")
+
+
+_UNFINISHED_WORD = re.compile(r"\w+$")
 
 
 def shown_completion(
@@ -156,7 +204,12 @@ def shown_completion(
 
 
 def generation_request(
-    prompt: FimPrompt, mode: CompletionMode, request: CompletionRequest, settings: CompletionSettings, served: ServedModel
+    prompt: FimPrompt,
+    mode: CompletionMode,
+    request: CompletionRequest,
+    settings: CompletionSettings,
+    served: ServedModel,
+    background: bool = False,
 ) -> GenerationRequest:
     single = mode == CompletionMode.SINGLE_LINE
     stop = StopRules(
@@ -167,7 +220,7 @@ def generation_request(
         block_end=None if single else block_end_for(prompt.healed, request.prefix, request.suffix),
     )
     max_new_tokens = settings.max_single_line_tokens if single else settings.max_multi_line_tokens
-    return GenerationRequest(ROLE_FOR_MODE[mode], max_new_tokens, tuple(prompt.token_ids), prompt.text, stop=stop)
+    return GenerationRequest(ROLE_FOR_MODE[mode], max_new_tokens, tuple(prompt.token_ids), prompt.text, stop=stop, background=background)
 
 
 def context_files(context: str, repo: RepoFormat | None) -> tuple[str, ...]:

@@ -181,6 +181,17 @@ def leading_whitespace(line: str) -> str:
     return line[: len(line) - len(line.lstrip(" \t"))]
 
 
+def indentation_after_enter(line: str, language_id: str) -> str:
+    """The indentation an editor gives the line after `line` when Enter is pressed at its end: the
+    same, one level deeper after a block opener or an open bracket (a level is a tab where the line
+    is indented with tabs, else 4 spaces)."""
+    indentation = leading_whitespace(line)
+    code = line.rstrip()
+    if code and (code.endswith(block_opener(language_id)) or code[-1] in OPENERS):
+        indentation += "\t" if indentation.startswith("\t") else "    "
+    return indentation
+
+
 def code_without_strings(line: str, language_id: str, state: str | None = None) -> str:
     """The line with the insides of strings and comments blanked to spaces (same length, so
     columns still line up): what is left is code, for counting brackets and finding colons."""

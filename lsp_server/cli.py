@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--delete", metavar="ID", help="delete a saved session")
 
     commands.add_parser("models", help="list the configured models and their state")
+    commands.add_parser("stats", help="print how many suggestions were shown and accepted (kept on this machine only)")
     commands.add_parser("lsp", help="run the language server on stdio (editors start this)")
     daemon = commands.add_parser("daemon", help="the background process that holds the models")
     daemon.add_argument("action", choices=["run", "start", "stop", "status"])
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_daemon_command(args.action)
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "stats":
+            return run_stats()
         return run_models()
     except KeyboardInterrupt:
         return 130
@@ -363,3 +366,12 @@ def local_source_state(source: str) -> str:
     from fimble.models.loading import is_in_hub_cache
 
     return "in the hub cache" if is_in_hub_cache(source) else "not downloaded (needs the network once)"
+
+
+def run_stats() -> int:
+    from fimble.lsp_server.acceptance import AcceptanceStats, format_table, read_tallies
+
+    path = AcceptanceStats().path
+    print(format_table(read_tallies(path)))
+    print(f"(from {path}; nothing of it leaves this machine)")
+    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import dataclass
 import itertools
 import logging
 import time
@@ -19,10 +20,13 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from fimble.completion.service import Completion, CompletionRequest, complete
+from fimble.completion.syntax import indentation_after_enter
+from fimble.lsp_server.acceptance import AcceptanceStats
 from fimble.lsp_server.chat import register_chat_features
 from fimble.lsp_server.debounce import AdaptiveDebounce
 from fimble.lsp_server.settings import Settings, parse_settings
 from fimble.lsp_server.status import STATUS, ServerStatus
+from fimble.lsp_server.suggestions import Suggestions
 from fimble.lsp_server.workspace_context import WorkspaceContext
 from fimble.models.backend import DaemonBackend, RoutedBackend
 from fimble.models.config import ConfigError, load_role_config
@@ -35,6 +39,18 @@ log = logging.getLogger(__name__)
 ACCEPTED_COMMAND = "fimble.accepted"
 # The same problem is shown once per this many seconds, not on every keystroke.
 MESSAGE_REPEAT_S = 30.0
+# Acceptance statistics go to disk at most this often (and at shutdown).
+STATS_SAVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ShownSuggestion:
+    """The suggestion last shown on a document, to recognise a partial accept among its edits."""
+
+    position: types.Position
+    text: str
+    language: str
+    mode: str
 
 
 class FimbleServer(LanguageServer):
@@ -45,6 +61,10 @@ class FimbleServer(LanguageServer):
         self.backend = RoutedBackend(_roles_for_routing(), DaemonBackend(self.client))
         self._in_flight: dict[str, asyncio.Task] = {}
         self._debounce: dict[str, AdaptiveDebounce] = {}
+        self.suggestions = Suggestions(self._run_completion)
+        self.acceptance = AcceptanceStats()
+        self._stats_save: asyncio.TimerHandle | None = None
+        self._shown_on: dict[str, ShownSuggestion] = {}
         self._shown: dict[str, float] = {}
         self._warned: set[str] = set()  # model warnings, shown once per server
         self.accepted = 0
@@ -57,6 +77,9 @@ class FimbleServer(LanguageServer):
 
     def apply_settings(self, raw) -> None:
         self.settings, warnings = parse_settings(raw, Settings())
+        self.suggestions.clear()  # answers given under other settings
+        self.suggestions.reuse = self.settings.cache_suggestions
+        self.suggestions.max_latency_ms = self.settings.max_latency_ms or None
         for warning in warnings:
             self.tell(warning, types.MessageType.Warning)
 
@@ -87,13 +110,16 @@ class FimbleServer(LanguageServer):
         # A new daemon, with the completion model loaded, before the next keystroke needs it.
         asyncio.get_event_loop().create_task(self.warm_up())
 
-    async def supersede(self, uri: str) -> None:
-        """A newer request on a document cancels the older one, which the engine then stops."""
+    def supersede(self, uri: str) -> None:
+        """A newer request on a document ends the older one: its answer is for a cursor that has
+        moved. (The generation behind it goes on when the newer request can use it.)"""
         current = asyncio.current_task()
         previous = self._in_flight.get(uri)
         if previous is not None and previous is not current and not previous.done():
             previous.cancel()
         self._in_flight[uri] = current
+
+    async def debounce(self, uri: str) -> None:
         delay = self._debounce.setdefault(uri, AdaptiveDebounce()).delay(time.monotonic(), self.settings.max_debounce_ms / 1000)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -102,14 +128,17 @@ class FimbleServer(LanguageServer):
         """The completion at an LSP position, or None (nothing to show, or a problem told to the user)."""
         if not self.settings.enable:
             return None
-        await self.supersede(uri)
+        started_at = time.monotonic()
+        self.supersede(uri)
         try:
             document = self.workspace.get_text_document(uri)
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
-            completion = await complete(request, self.settings.completion(), self.backend, self.context_source(document.path, request))
+            completion = await self.suggestions.answer(uri, request, started_at, lambda: self.debounce(uri))
             self.show_model_problems(completion)
             if completion.empty_because not in ("trigger", "model"):
                 self.report(model="ready", problem="")  # the model answered, so an earlier problem is over
+            if completion.text:
+                self.suggestion_shown(uri, position, request, completion, started_at)
             return completion
         except BackendUnavailableError as error:
             self.model_failed(error, types.MessageType.Warning)
@@ -121,6 +150,67 @@ class FimbleServer(LanguageServer):
             if self._in_flight.get(uri) is asyncio.current_task():
                 del self._in_flight[uri]
         return None
+
+    def _run_completion(self, uri: str, request: CompletionRequest, on_draft, background: bool):
+        path = self.workspace.get_text_document(uri).path
+        context = self.context_source(path, request)
+        return complete(request, self.settings.completion(), self.backend, context, on_draft, background)
+
+    # --- typing into suggestions, accepting them, and what it tells the statistics ----------------
+
+    def suggestion_shown(self, uri: str, position: types.Position, request: CompletionRequest, completion: Completion, started_at: float) -> None:
+        mode = completion.mode.value
+        self._shown_on[uri] = ShownSuggestion(position, completion.text, request.language_id, mode)
+        if not completion.from_cache:  # a suggestion typed into and shown again counts once
+            self.acceptance.shown(request.language_id, mode, (time.monotonic() - started_at) * 1000)
+            self._save_stats_soon()
+
+    def suggestion_accepted(self, record: dict) -> None:
+        """The editor ran the item's command: the whole suggestion went in. Count it, and ask for
+        the next suggestion, at the cursor after it, before the user types."""
+        uri = record.get("uri")
+        self._shown_on.pop(uri, None)
+        language = self.workspace.get_text_document(uri).language_id if isinstance(uri, str) else ""
+        self.acceptance.accepted(language or "", str(record.get("mode", "")))
+        self._save_stats_soon()
+        if self.settings.prefetch and self.settings.cache_suggestions:
+            self.prefetch_after(record)
+
+    def prefetch_after(self, record: dict) -> None:
+        try:
+            uri, text = record["uri"], record["text"]
+            document = self.workspace.get_text_document(uri)
+            start = document.offset_at_position(types.Position(line=record["line"], character=record["character"]))
+        except (KeyError, TypeError, ValueError, OSError):
+            return  # a record from an older client, or a document closed since
+        end = start + len(text)
+        if document.source[start:end] != text:
+            return  # the text did not go in where it was shown (the user edited first)
+        request = next_cursor_after_accept(document.source, end, document.language_id or "")
+        self.suggestions.prefetch(uri, request, time.monotonic())
+
+    def edits_arrived(self, uri: str, changes) -> None:
+        """An edit that inserts, where a suggestion was shown, a proper start of it longer than a
+        keystroke is a partial accept (a word or a line of it, taken by the editor's command)."""
+        shown = self._shown_on.get(uri)
+        if shown is None:
+            return
+        for change in changes:
+            span = getattr(change, "range", None)
+            if span is None or span.start != span.end or span.start != shown.position:
+                continue
+            if 1 < len(change.text) < len(shown.text) and shown.text.startswith(change.text):
+                self.acceptance.accepted(shown.language, shown.mode, partly=True)
+                self._save_stats_soon()
+        self._shown_on.pop(uri, None)
+
+    def _save_stats_soon(self) -> None:
+        if self._stats_save is None:
+            self._stats_save = asyncio.get_running_loop().call_later(STATS_SAVE_S, self.save_stats)
+
+    def save_stats(self) -> None:
+        self._stats_save = None
+        self.acceptance.save()
 
     def show_model_problems(self, completion: Completion) -> None:
         """Tell the user about a model that failed, and (once) about a model that does not fit."""
@@ -201,6 +291,19 @@ class FimbleServer(LanguageServer):
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
 
 
+def next_cursor_after_accept(source: str, end: int, language_id: str) -> CompletionRequest:
+    """Where the user goes after accepting text that ends at `end`: on along the line, or, when the
+    accepted text finished its line, to the next line, as Enter (with the editor's indentation)
+    leaves it. At a line's end the model has nothing to add; on the next line it does."""
+    line_end = source.find("\n", end)
+    rest_of_line = source[end:] if line_end == -1 else source[end:line_end]
+    if rest_of_line.strip():
+        return CompletionRequest(source, end, language_id)
+    line = source[source.rfind("\n", 0, end) + 1 : end]
+    enter = "\n" + indentation_after_enter(line, language_id)
+    return CompletionRequest(source[:end] + enter + source[end:], end + len(enter), language_id)
+
+
 def _roles_for_routing() -> RoleConfig:
     """Which roles go to a remote server. A config that does not parse sends every role to the
     daemon, which reports the error on each request, so the editor shows it."""
@@ -231,11 +334,13 @@ def did_open(ls: FimbleServer, params: types.DidOpenTextDocumentParams) -> None:
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: FimbleServer, params: types.DidChangeTextDocumentParams) -> None:
+    ls.edits_arrived(params.text_document.uri, params.content_changes)
     ls.document_changed(params.text_document.uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: FimbleServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.suggestions.forget(params.text_document.uri)
     ls.document_closed(params.text_document.uri)
 
 
@@ -243,6 +348,8 @@ def did_close(ls: FimbleServer, params: types.DidCloseTextDocumentParams) -> Non
 async def shutdown(ls: FimbleServer, params) -> None:
     for task in ls._in_flight.values():
         task.cancel()
+    ls.suggestions.clear()
+    ls.save_stats()
     if ls.workspace_context is not None:
         ls.workspace_context.stop()
     await ls.backend.close()
@@ -261,7 +368,8 @@ async def inline_completion(ls: FimbleServer, params: types.InlineCompletionPara
     if completion is None or not completion.text:
         return types.InlineCompletionList(items=[])
     here = types.Range(start=params.position, end=params.position)
-    accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion)])
+    record = acceptance_record(completion, params.text_document.uri, params.position)
+    accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record])
     return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=completion.text, range=here, command=accepted)])
 
 
@@ -285,7 +393,9 @@ async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
         # Clients filter items by the word before the cursor; the completion continues it.
         filter_text=completion.text,
         sort_text="0",
-        command=types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion)]),
+        command=types.Command(
+            title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion, params.text_document.uri, params.position)]
+        ),
     )
     return types.CompletionList(is_incomplete=True, items=[item])
 
@@ -293,12 +403,24 @@ async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
 @server.command(ACCEPTED_COMMAND)
 def accepted(ls: FimbleServer, *args) -> None:
     ls.accepted += 1
+    if args and isinstance(args[0], dict):
+        ls.suggestion_accepted(args[0])
 
 
-def acceptance_record(completion) -> dict:
-    """What the editor hands back when the user accepts: kept for acceptance statistics and read by
-    benchmarks/humaneval_infill.py for the abstain trade-off."""
-    return {"mode": completion.mode.value, "meanLogprob": completion.mean_logprob, "contextFiles": list(completion.context_files)}
+def acceptance_record(completion: Completion, uri: str, position: types.Position) -> dict:
+    """What the editor hands back when the user accepts: where and what was accepted (for the
+    prefetch and the acceptance statistics), read also by benchmarks/humaneval_infill.py for the
+    abstain trade-off."""
+    return {
+        "mode": completion.mode.value,
+        "meanLogprob": completion.mean_logprob,
+        "contextFiles": list(completion.context_files),
+        "uri": uri,
+        "line": position.line,
+        "character": position.character,
+        "text": completion.text,
+        "fromCache": completion.from_cache,
+    }
 
 
 # fimble/chat, fimble/chatCancel, fimble/chatSessions, chat code actions and commands.

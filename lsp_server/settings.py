@@ -16,6 +16,8 @@ from fimble.models.conversion import ConversionError, structure
 # HumanEval single-line infilling through the LSP (benchmarks/humaneval_infill.py): see the README's
 # abstain table for what each threshold keeps and how precise it is.
 DEFAULT_ABSTAIN_BELOW_LOGPROB = -1.0
+# See the README's typing-session section for the latencies this default was chosen from.
+DEFAULT_MAX_LATENCY_MS = 2500
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,18 @@ class Settings:
     suffix_tokens: int = 128
     # Repository context (definitions from other files) in front of the prompt; 0 turns it off.
     context_tokens: int = 1024
+    # Typing into a suggestion shows its rest with no model call, returning to a spot shows its
+    # answer again, and a keystroke that agrees with the answer being written waits for it.
+    cache_suggestions: bool = True
+    # After a suggestion is accepted, the next one is asked for at once, in the background.
+    prefetch: bool = True
+    # A single-line suggestion not finished this long after the keystroke shows what the model has
+    # written so far, cut after its last whole word (the rest comes from the cache when the user
+    # types on); 0 waits for the whole line.
+    max_latency_ms: int = DEFAULT_MAX_LATENCY_MS
 
     def __post_init__(self) -> None:
-        for name in ("max_debounce_ms", "context_tokens"):
+        for name in ("max_debounce_ms", "context_tokens", "max_latency_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("max_single_line_tokens", "max_multi_line_tokens", "prefix_tokens", "suffix_tokens"):

@@ -24,7 +24,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from fimble.models.generation import FinishReason, GenerationRequest, GenerationResult, GenerationStats
 from fimble.models.loading import LoadedModel
-from fimble.models.scheduling import SCHEDULER_NAME, PriorityScheduler, request_id_for
+from fimble.models.scheduling import SCHEDULER_NAME, PriorityScheduler, priority_for, request_id_for
 from fimble.models.stopping import first_stop, streamable_length
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Engine:
                 f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens exceeds the "
                 f"context length {self.loaded.spec.context_length}"
             )
-        request_id = request_id_for(int(request.role), next(self._serial))
+        request_id = request_id_for(priority_for(request), next(self._serial))
         handle = RequestHandle(self, request_id, request)
         with self._lock:
             self._handles[request_id] = handle

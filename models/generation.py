@@ -59,6 +59,8 @@ class GenerationRequest:
     prompt_text: str = ""
     messages: tuple[ChatMessage, ...] = ()
     stop: StopRules = StopRules()
+    # A prefetch (the completion after an accepted one): it runs after every completion a user waits for.
+    background: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

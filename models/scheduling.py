@@ -5,7 +5,7 @@ transformers ships FIFO and prefill-first schedulers and, under memory pressure,
 cached block at once (`PagedAttentionCache.evict_cached_blocks`). For an editor that is the worst
 case: one long chat prompt would throw away the cached prefix of the file being typed in. So this
 module plugs into the library's extension point (`SCHEDULER_MAPPING`) with a scheduler that
-  - orders work by role priority (single-line < multi-line < chat), then by arrival;
+  - orders work by priority (single-line < multi-line < prefetch < chat), then by arrival;
   - under memory pressure evicts the least recently used cached blocks, only as many as needed.
 """
 
@@ -14,9 +14,23 @@ from __future__ import annotations
 from transformers.generation.continuous_batching.requests import RequestState, RequestStatus
 from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING, Scheduler
 
+from fimble.models.generation import GenerationRequest
+from fimble.models.spec import Role
+
 SCHEDULER_NAME = "fimble_priority"
 # Free-capacity fraction under which new prefills wait and cached blocks are evicted.
 DEFAULT_SAFETY_MARGIN = 0.1
+
+
+# Scheduling priorities, lower first: what a user waits for, then prefetches, then chat.
+BACKGROUND_PRIORITY = int(Role.CHAT)
+CHAT_PRIORITY = int(Role.CHAT) + 1
+
+
+def priority_for(request: GenerationRequest) -> int:
+    if request.role == Role.CHAT:
+        return CHAT_PRIORITY
+    return BACKGROUND_PRIORITY if request.background else int(request.role)
 
 
 def request_id_for(priority: int, serial: int) -> str:

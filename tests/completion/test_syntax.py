@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fimble.completion.syntax import (
+    indentation_after_enter,
     code_without_strings,
     ends_in_comment,
     error_count,
@@ -171,3 +172,10 @@ def test_only_python_blocks_are_indentation_delimited() -> None:
     assert uses_indentation_blocks("python")
     assert not uses_indentation_blocks("typescript")
     assert not uses_indentation_blocks("c")
+
+
+def test_enter_keeps_the_indentation_and_opens_a_level_after_a_block_opener():
+    assert indentation_after_enter("    return x", "python") == "    "
+    assert indentation_after_enter("    if x:", "python") == "        "
+    assert indentation_after_enter("\tfoo(", "go") == "\t\t"
+    assert indentation_after_enter("func f() {", "go") == "    "
