@@ -277,7 +277,9 @@ class Workbench:
         before = settings.stat().st_mtime_ns
         self.run_command("Preferences: Open Settings (UI)")
         self.page.wait(".settings-editor .suggest-input-container")
-        self.page.type(key)
+        # "@id:" lists that one setting: a plain search also lists its neighbours (fimble.max…),
+        # and the list re-renders under the click while the search settles.
+        self.page.type(f"@id:{key}")
         if isinstance(value, bool):
             checkbox = f".settings-editor [role=checkbox][aria-label='{key}']"
             self.page.wait(checkbox)
