@@ -14,7 +14,8 @@ EMBEDDED = "embedded"
 
 
 class Role(IntEnum):
-    """Request kinds. The value is the scheduling priority: lower runs first."""
+    """Request kinds. The value orders their scheduling, lower first (models/scheduling.priority_for
+    puts prefetches after every completion role and chat last)."""
 
     SINGLE_LINE = 0
     MULTI_LINE = 1
