@@ -35,9 +35,9 @@ from pygls.lsp.client import LanguageClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fimble.models.daemon_client import DaemonClient
-
-from benchmarks.lsp_text import utf16_length
+from benchmarks.lsp_text import utf16_length  # noqa: E402
+from benchmarks.remote_replay import cpu_model  # noqa: E402
+from fimble.models.daemon_client import DaemonClient  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = (("pathspec", "pattern.py"), ("platformdirs", "unix.py"))
@@ -324,13 +324,6 @@ async def daemon_status_ready(daemon: DaemonClient) -> bool:
         return (await daemon.status())["roles"]["single_line"]["state"] == "ready"
     except (OSError, ConnectionError):
         return False
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

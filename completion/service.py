@@ -65,7 +65,6 @@ class Completion:
     context_files: tuple[str, ...] = ()  # the other files whose code was in the prompt
     error: str = ""  # empty_because "model": what failed
     warnings: tuple[str, ...] = ()  # about the model serving this mode (an instruct model asked for FIM)
-    late: bool = False  # a draft shown past the latency budget (lsp_server/suggestions.py)
     from_cache: bool = False  # the rest of an earlier suggestion (completion/suggestion_cache.py)
 
 
@@ -170,7 +169,7 @@ def draft_completion(request: CompletionRequest, draft: str, mode: CompletionMod
     """What to show of a completion still being written (past the latency budget): the draft cut
     after its last whole word, postprocessed like a finished one; it may be empty."""
     text = postprocess(without_control_characters(until_last_whole_word(draft)), request.prefix, request.suffix, mode, request.language_id)
-    return Completion(text, mode, empty_because="" if text else "late", late=True)
+    return Completion(text, mode, empty_because="" if text else "late")
 
 
 def until_last_whole_word(text: str) -> str:

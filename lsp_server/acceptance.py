@@ -12,13 +12,12 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fimble.context.store import write_atomically
 from fimble.dirs import data_dir
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class AcceptanceStats:
                 totals = read_tallies(self.path)
                 for key, tally in self._unsaved.items():
                     totals.setdefault(key, Tally()).add(tally)
-                _write_atomically(self.path, totals)
+                _write(self.path, totals)
         except OSError as error:
             log.warning("acceptance statistics not saved to %s: %s", self.path, error)
             return
@@ -101,18 +100,9 @@ def read_tallies(path: Path) -> dict[Key, Tally]:
         return {}
 
 
-def _write_atomically(path: Path, totals: dict[Key, Tally]) -> None:
+def _write(path: Path, totals: dict[Key, Tally]) -> None:
     tallies = [{"language": language, "mode": mode} | tally.to_json() for (language, mode), tally in sorted(totals.items())]
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"version": 1, "tallies": tallies}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(path, json.dumps({"version": 1, "tallies": tallies}).encode())
 
 
 def format_table(tallies: dict[Key, Tally]) -> str:

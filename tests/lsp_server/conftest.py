@@ -161,14 +161,19 @@ def multi_line_request(uri: str) -> types.InlineCompletionParams:
     )
 
 
+async def role_status(daemon: DaemonClient, role: str) -> dict:
+    return (await daemon.status())["roles"][role]
+
+
 async def multi_line_status(daemon: DaemonClient) -> dict:
-    return (await daemon.status())["roles"]["multi_line"]
+    return await role_status(daemon, "multi_line")
 
 
-async def wait_until(predicate, daemon: DaemonClient, timeout_s: float = 60.0) -> dict:
+async def wait_until(predicate, daemon: DaemonClient, timeout_s: float = 60.0, role: str = "multi_line") -> dict:
+    """The role's status in the daemon once it is ready and `predicate(status)` holds."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        status = await multi_line_status(daemon)
+        status = await role_status(daemon, role)
         if status["state"] == "ready" and predicate(status):
             return status
         await asyncio.sleep(0.05)

@@ -14,6 +14,7 @@ import pytest
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
+from benchmarks.lsp_text import utf16_length  # LSP positions count UTF-16 units; the random model writes beyond the BMP
 from fimble.completion.service import CompletionRequest, complete
 from fimble.completion.syntax import indentation_after_enter
 from fimble.lsp_server.settings import Settings, parse_settings
@@ -27,6 +28,7 @@ from tests.lsp_server.conftest import (
     multi_line_request,
     multi_line_status,
     open_document,
+    role_status,
     start_client,
     wait_until,
 )
@@ -36,13 +38,8 @@ URI = "file:///work/typing.py"
 LINE, CHARACTER = 4, len("    return sorted(na")
 
 
-def utf16_length(text: str) -> int:
-    """LSP positions count UTF-16 code units; the random model writes characters beyond the BMP."""
-    return len(text.encode("utf-16-le")) // 2
-
-
 async def model_requests(daemon) -> int:
-    return (await daemon.status())["roles"]["single_line"]["requests"]
+    return (await role_status(daemon, "single_line"))["requests"]
 
 
 def insert(client, uri: str, version: int, line: int, character: int, text: str) -> None:
@@ -104,24 +101,13 @@ async def test_an_accepted_suggestion_prefetches_the_next_one(lsp, daemon, local
     await complete(next_line, settings, counting)
     assert counting.generations >= 1
 
-    deadline = asyncio.get_running_loop().time() + 30
-    while await model_requests(daemon) == before:
-        assert asyncio.get_running_loop().time() < deadline, "no prefetch reached the daemon"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda s: s["requests"] > before, daemon, timeout_s=30, role="single_line")  # the prefetch ran
     insert(lsp, uri, 3, LINE, utf16_length(line), enter)
     answer = await inline_at(lsp, uri, LINE + 1, len(enter) - 1)
     assert answer is not None
     # Only the prefetch's generations ran: the editor's request at the next line made none.
-    status = await wait_until_idle(daemon)
+    status = await wait_until(lambda s: s["running"] == 0, daemon, timeout_s=30, role="single_line")
     assert status["requests"] == before + counting.generations
-
-
-async def wait_until_idle(daemon, timeout_s: float = 30) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (status := (await daemon.status())["roles"]["single_line"])["running"]:
-        assert asyncio.get_running_loop().time() < deadline, f"the single-line model never went idle: {status}"
-        await asyncio.sleep(0.05)
-    return status
 
 
 async def test_a_keystroke_that_agrees_with_the_answer_being_written_waits_for_it(fimble_env, daemon):
