@@ -290,7 +290,8 @@ class TestChat:
 
         vscode.chat.wait(".turn.user:has-text('Explain this code')")
         assert "attached: calc.py:1-2" in vscode.chat.text(".turn.user")
-        wait_until(vscode.chat.streaming_text, ANSWER_TIMEOUT_S, "the answer to Explain starting")
+        # A short answer from the tiny model may be over before a poll sees it streaming.
+        wait_until(vscode.chat.answer_text, ANSWER_TIMEOUT_S, "the answer to Explain starting")
         vscode.chat.wait_for_answer_end(ANSWER_TIMEOUT_S)
 
 

@@ -386,6 +386,10 @@ class ChatView:
         """The answer being written, as far as it is shown; "" once it has ended."""
         return "".join(self.page.call("texts", selector=".turn.assistant .body.streaming", frames=CHAT_FRAMES))
 
+    def answer_text(self) -> str:
+        """The answers shown, written or still being written."""
+        return "".join(self.page.call("texts", selector=".turn.assistant .body", frames=CHAT_FRAMES))
+
     def wait_for_answer_end(self, timeout_s: float = 120) -> str:
         self.wait(".turn.assistant:last-of-type .body.streaming", state="detached", timeout_s=timeout_s)
         return self.text(".turn.assistant:last-of-type .body")
