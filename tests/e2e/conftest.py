@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.vscode.install import Installed, SetupError, install
+from tests.e2e.vscode.workbench import VSCode, WorkbenchError
 
 FIMBLE = [sys.executable, "-m", "fimble"]
 EXTENSION_SOURCE = Path(__file__).resolve().parents[2] / "editors" / "vscode"
@@ -80,3 +81,20 @@ def vscode_extension(tmp_path_factory) -> Path:
         done = subprocess.run([npm, *step], cwd=copy, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"npm {' '.join(step)} failed:\n{done.stdout}\n{done.stderr}"
     return copy
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A failed VS Code test leaves the page as it was and the extension's output channel behind,
+    in a folder named in the report: VS Code's own folders are gone once its fixture ends."""
+    report = yield
+    vscode = getattr(item, "funcargs", {}).get("vscode")
+    if report.failed and report.when == "call" and isinstance(vscode, VSCode):
+        evidence = Path(tempfile.mkdtemp(prefix=f"fimble-vscode-failed-{item.name[:40]}-"))
+        (evidence / "Fimble-output.log").write_text(vscode.server.extension_output())
+        try:
+            vscode.workbench.page.screenshot(evidence / "page.png")
+        except (WorkbenchError, OSError) as error:
+            (evidence / "no-screenshot.txt").write_text(str(error))
+        report.sections.append(("VS Code at the failure", f"the page and the output channel: {evidence}"))
+    return report

@@ -99,7 +99,7 @@ class TestCompletion:
     @pytest.fixture(scope="class")
     @classmethod
     def vscode(cls, tiny_checkpoint, vscode_installed, vscode_extension) -> Iterator[VSCode]:
-        files = {"fib.py": FIB, "Shapes.cs": SHAPES, "restarted.py": FIB, "recovered.py": FIB}
+        files = {"fib.py": FIB, "partial.py": FIB, "Shapes.cs": SHAPES, "restarted.py": FIB, "recovered.py": FIB}
         with vscode_for_tests(tiny_checkpoint, files, True, vscode_installed, vscode_extension) as vscode:
             yield vscode
 
@@ -130,6 +130,28 @@ class TestCompletion:
         lines = FIB.split("\n")
         lines[3] = "    " + typed + item["insertText"]
         assert file.read_text() == "\n".join(lines)
+
+    def test_accept_next_word_inserts_a_word_and_the_rest_comes_from_the_cache(self, vscode):
+        """Ctrl+Right (Accept Next Word) inserts the suggestion's first word. VS Code asks again at
+        the new cursor, and the server answers with the rest of the same suggestion from its
+        suggestion cache, with no model call."""
+        typed = "return fib(n - 1) * "
+        ghost = type_and_wait_for_ghost_text(vscode, "partial.py", 4, 5, typed)
+        file = vscode.server.workspace / "partial.py"
+        first = server_answer(vscode, file, 3, 4 + len(typed))
+        assert not first["command"]["arguments"][0]["fromCache"] and ghost == first["insertText"]
+
+        vscode.workbench.page.press("Control+ArrowRight")
+        vscode.workbench.save()
+        line = file.read_text().split("\n")[3]
+        accepted = line[4 + len(typed) :]
+        assert accepted and first["insertText"].startswith(accepted) and len(accepted) < len(first["insertText"]), (accepted, first)
+        rest = server_answer(vscode, file, 3, len(line))
+        assert rest["command"]["arguments"][0]["fromCache"], rest
+        # The same line's rest, longer if the first answer was a draft shown at the latency budget.
+        assert rest["insertText"].startswith(first["insertText"][len(accepted) :]), (first, rest)
+        assert vscode.workbench.ghost_text() == rest["insertText"]
+        vscode.workbench.page.press("Escape")
 
     def test_a_changed_multi_line_setting_reaches_the_server(self, vscode):
         """After a block opener the server asks for lines, unless fimble.multiLine is off: the mode

@@ -243,6 +243,9 @@ GHOST_TEXT = ".ghost-text-decoration"  # the suggestion's part on the cursor lin
 GHOST_LINES = ".view-zones > div:has(.ghost-text) .view-line"
 EXTENSION_STATUS = ".statusbar-item[aria-label^='Fimble: ']"
 TOASTS = ".notifications-toasts .notification-list-item-message"
+# A setting typed into the Settings editor: how long VS Code gets to write it, and how many tries.
+SETTING_WRITE_S = 4
+SETTING_ATTEMPTS = 3
 
 
 class Workbench:
@@ -275,11 +278,33 @@ class Workbench:
         the default is left out)."""
         settings = self.server.user_data / "User" / "settings.json"
         before = settings.stat().st_mtime_ns
+
+        def written() -> bool:
+            try:
+                return settings.stat().st_mtime_ns != before and json.loads(settings.read_text()).get(key, value) == value
+            except json.JSONDecodeError:  # read halfway through VS Code's write
+                return False
+
         self.run_command("Preferences: Open Settings (UI)")
         self.page.wait(".settings-editor .suggest-input-container")
-        # "@id:" lists that one setting: a plain search also lists its neighbours (fimble.max…),
-        # and the list re-renders under the click while the search settles.
+        # The search box keeps the last search: select it so that the new one replaces it. "@id:"
+        # lists that one setting, where a plain search also lists its neighbours (fimble.max…).
+        self.page.press("Control+A")
         self.page.type(f"@id:{key}")
+        # The list re-renders when a search settles, and a box re-rendered under the keys typed
+        # into it drops them, so the value is entered again until VS Code has written it.
+        for attempt in range(1, SETTING_ATTEMPTS + 1):
+            self._enter_setting(key, value)
+            try:
+                wait_until(written, SETTING_WRITE_S, f"{key} = {value} written to settings.json")
+                break
+            except WorkbenchError as error:
+                if attempt == SETTING_ATTEMPTS:
+                    raise WorkbenchError(f"{error} after {attempt} tries; the page: {self.screenshot_on_failure(key)}") from None
+        self.page.press("Control+W")
+        self.page.wait(".settings-editor", state="detached")
+
+    def _enter_setting(self, key: str, value: bool | int) -> None:
         if isinstance(value, bool):
             checkbox = f".settings-editor [role=checkbox][aria-label='{key}']"
             self.page.wait(checkbox)
@@ -290,12 +315,11 @@ class Workbench:
             self.page.press("Control+A")
             self.page.type(str(value))
 
-        def written() -> bool:
-            return settings.stat().st_mtime_ns != before and json.loads(settings.read_text()).get(key, value) == value
-
-        wait_until(written, 10, f"{key} = {value} written to settings.json")
-        self.page.press("Control+W")
-        self.page.wait(".settings-editor", state="detached")
+    def screenshot_on_failure(self, what: str) -> Path:
+        """The page as it was when a step failed, beside code-server's user data."""
+        path = self.server.user_data.parent / f"failed-{re.sub(r'[^A-Za-z0-9.]+', '-', what)}.png"
+        self.page.screenshot(path)
+        return path
 
     def close_all_editors(self) -> None:
         self.run_command("View: Close All Editors")
