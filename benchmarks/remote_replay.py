@@ -1,16 +1,19 @@
 """Remote replay: the keystroke replay (benchmarks/keystroke_replay.py's typing of requests'
 sessions.py) through the remote backend against an OpenAI-compatible server, and through the local
-daemon, in one run. The server is llama-cpp-python's, with the embedded model's GGUF and the same
-thread count (tests/llama_server.py builds it for this CPU once).
+daemon, in one run. The server is llama.cpp's C++ llama-server, or with `--server llama-cpp-python`
+that package's FastAPI server, with the embedded model's GGUF and the same thread count
+(tests/llama_server.py builds either for this CPU once).
 
     python benchmarks/remote_replay.py      # writes benchmarks/results/remote_replay.{json,png}
+    python benchmarks/remote_replay.py --server llama-cpp-python   # remote_replay_llama_cpp_python.*
 
 Each keystroke is a single-line completion through `completion.service.complete`, the editor's
 path. Remote cold: an unrelated prompt goes between keystrokes, so the server's prefix cache finds
 nothing to reuse; remote warm: keystroke after keystroke. The server's own timings (llama.cpp's
-per-request lines in its log: prompt eval, eval, total, prefix-match hit) give what was cached and
-how long the server itself took; `client_overhead_ms` is the rest of the time `complete` took:
-prompt building, HTTP, streaming, postprocess. logprobs are off: llama-cpp-python computes them in
+per-request lines in its log: prompt eval, eval, total; what was cached from llama-cpp-python's
+prefix-match line, or from llama-server's timings in its answer) give what was cached and how long
+the server itself took; `client_overhead_ms` is the rest of the time `complete` took: prompt
+building, HTTP and the server's web layer, streaming, postprocess. logprobs are off: llama-cpp-python computes them in
 Python at about 130 ms a token, which would swamp every other figure (the README says so too).
 """
 
@@ -39,14 +42,14 @@ from fimble.models.generation import GenerationRequest  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.remote import RemoteBackend  # noqa: E402
 from fimble.models.spec import ModelSpec, Role  # noqa: E402
-from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, embedded_gguf, llama_cpp_site  # noqa: E402
+from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, NativeLlamaServer, ServerProcess, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
 
 KEY_ENV = "FIMBLE_BENCH_REMOTE_KEY"
 SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
 FLUSH = "<|fim_prefix|>" + "".join(f"unrelated_{i} = {i} * {i}\n" for i in range(60)) + "<|fim_suffix|><|fim_middle|>"
 _TIMING = {
     "prompt_eval_ms": r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens",
-    "eval_ms": r"\beval time =\s+([\d.]+) ms /\s+(\d+) runs",
+    "eval_ms": r"\beval time =\s+([\d.]+) ms /\s+(\d+) (?:runs|tokens)",
     "total_ms": r"total time =\s+([\d.]+) ms",
 }
 
@@ -103,8 +106,7 @@ class ServerTimings:
             if name == "eval_ms":
                 timings["runs"] = int(match[1])
         hit = re.findall(r"(\d+) prefix-match hit, remaining (\d+) prompt tokens", block)
-        timings["cached_tokens"] = int(hit[-1][0]) if hit else 0
-        timings["prompt_tokens"] = timings["cached_tokens"] + timings["evaluated_tokens"]
+        timings["cached_tokens"] = int(hit[-1][0]) if hit else None  # llama-server: in its answer
         # The server's time to first token: the prompt, then one decode step.
         timings["server_ttft_ms"] = timings["prompt_eval_ms"] + timings["eval_ms"] / max(1, timings["runs"])
         return timings
@@ -138,6 +140,9 @@ async def replay_remote(backend: CountedRemote, requests: list[CompletionRequest
         if backend.generations != calls + 1:
             raise RuntimeError("a keystroke took two generations (a healed line start?); its server timings would not match")
         server = timings.next_request()
+        if server["cached_tokens"] is None:
+            server["cached_tokens"] = completion.stats.cached_tokens
+        server["prompt_tokens"] = server["cached_tokens"] + server["evaluated_tokens"]
         rows.append({
             "ttft_s": completion.stats.ttft_s, "wall_ms": wall_ms, "text": completion.text,
             "client_overhead_ms": wall_ms - server["total_ms"],
@@ -175,7 +180,7 @@ def p50(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows if row[key] is not None)
 
 
-async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
+async def run(args, server: ServerProcess, checkpoint: Path) -> dict:
     source = typed_file()
     requests = keystroke_requests(source.read_text(), args.start_line, args.keystrokes)
     spec = ModelSpec(source=server.base_url, api_key_env=KEY_ENV, family="qwen2.5-coder", tokenizer=str(checkpoint), logprobs=False)
@@ -208,7 +213,7 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
         "keystrokes": len(requests),
         "threads": args.threads,
         "cpu": cpu_model(),
-        "server": f"llama-cpp-python {LLAMA_CPP_VERSION} server (OpenAI API over HTTP on 127.0.0.1), {args.threads} threads",
+        "server": f"{SERVERS[args.server]} (llama-cpp-python {LLAMA_CPP_VERSION}'s llama.cpp; OpenAI API over HTTP on 127.0.0.1), {args.threads} threads",
         "model": EMBEDDED_MODEL_NAME,
         "logprobs": False,
         "typed_file": f"requests/{source.name}, the first line of code from line {args.start_line + 1}",
@@ -218,7 +223,7 @@ async def run(args, server: LlamaServer, checkpoint: Path) -> dict:
         "remote_warm_ttft_p50_s <= 0.2 * remote_cold_ttft_p50_s": result["remote_warm_ttft_p50_s"] <= 0.2 * result["remote_cold_ttft_p50_s"],
     }
     series = {"remote, cache reset": cold, "remote, server's prefix cache": warm, "local daemon": local}
-    plot(RESULTS / "remote_replay.png", series, "Keystroke replay: a remote OpenAI-compatible server and the local daemon")
+    plot(RESULTS / f"{results_name(args.server)}.png", series, "Keystroke replay: a remote OpenAI-compatible server and the local daemon")
     return result
 
 
@@ -231,8 +236,25 @@ def replay_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+SERVERS = {"llama-server": "llama.cpp's C++ llama-server", "llama-cpp-python": "llama-cpp-python's FastAPI server"}
+
+
+def results_name(server: str) -> str:
+    return "remote_replay" if server == "llama-server" else f"remote_replay_{server.replace('-', '_')}"
+
+
+def start_server(kind: str, folder: Path, key: str, threads: int) -> ServerProcess:
+    """The chosen server on the embedded model's GGUF, built for this CPU if need be, started."""
+    gguf, log = embedded_gguf(folder), folder / "server.log"
+    if kind == "llama-server":
+        return NativeLlamaServer(gguf, key, log=log, threads=threads, binary=native_server_binary()).start()
+    return LlamaServer(gguf, key, log=log, threads=threads, site=llama_cpp_site()).start()
+
+
 def main() -> None:
-    args = replay_arguments(__doc__.split("\n\n")[0]).parse_args()
+    parser = replay_arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=list(SERVERS), default="llama-server")
+    args = parser.parse_args()
 
     checkpoint = ensure_embedded_checkpoint()
     with tempfile.TemporaryDirectory(prefix="fimble-remote-replay-") as tmp:
@@ -241,15 +263,14 @@ def main() -> None:
         config = Path(tmp) / "config.toml"
         config.write_text(f"[models.single_line]\nthreads = {args.threads}\n")
         os.environ["FIMBLE_CONFIG"] = str(config)
-        server = LlamaServer(embedded_gguf(Path(tmp)), llama_cpp_site(), os.environ[KEY_ENV], log=Path(tmp) / "server.log", threads=args.threads)
-        server.start()
+        server = start_server(args.server, Path(tmp), os.environ[KEY_ENV], args.threads)
         try:
             result = asyncio.run(run(args, server, checkpoint))
         finally:
             server.stop()
             subprocess.run([sys.executable, "-m", "fimble", "daemon", "stop"], capture_output=True, timeout=60)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "remote_replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{results_name(args.server)}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -1,8 +1,8 @@
 """How much of remote_replay's `transport_ms` is the server's own web layer: the same warm keystroke
-prompts (benchmarks/remote_replay.py's) sent to llama-cpp-python's server by httpx, as Fimble's
-remote backend sends them, and by curl, a client with next to no cost of its own. For each request
-the figure is the wall time minus the server's own "total time" line (llama.cpp's timings, which
-leave out the server's FastAPI and SSE layer).
+prompts (benchmarks/remote_replay.py's) sent by httpx, as Fimble's remote backend sends them, and
+by curl, a client with next to no cost of its own, to each server in turn: llama.cpp's C++
+llama-server and llama-cpp-python's FastAPI server. For each request the figure is the wall time
+minus the server's own "total time" line (llama.cpp's timings, which leave out the web layer).
 
     python benchmarks/server_http_overhead.py     # writes benchmarks/results/server_http_overhead.json
 """
@@ -25,10 +25,10 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.keystroke_replay import RESULTS, typed_file  # noqa: E402
-from benchmarks.remote_replay import ServerTimings, cpu_model, keystroke_requests, replay_arguments  # noqa: E402
+from benchmarks.remote_replay import SERVERS, ServerTimings, cpu_model, keystroke_requests, replay_arguments, start_server  # noqa: E402
 from fimble.completion.prompt import FimBudget, build_fim_prompt_around  # noqa: E402
 from fimble.models.embedded import ensure_embedded_checkpoint  # noqa: E402
-from tests.llama_server import LlamaServer, embedded_gguf, llama_cpp_site  # noqa: E402
+from tests.llama_server import ServerProcess  # noqa: E402
 
 
 def bodies(checkpoint: Path, keystrokes: int, start_line: int) -> list[dict]:
@@ -47,19 +47,29 @@ def bodies(checkpoint: Path, keystrokes: int, start_line: int) -> list[dict]:
     ]
 
 
-async def with_httpx(server: LlamaServer, key: str, requests: list[dict], timings: ServerTimings) -> list[float]:
-    overheads = []
+async def with_httpx(server: ServerProcess, key: str, requests: list[dict], timings: ServerTimings) -> tuple[list[float], int]:
+    """The overhead of each request, and how many were sent again: like Fimble's remote backend,
+    a request on a kept-alive connection that the server closed unanswered goes out again at once."""
+    overheads, resent = [], 0
     async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
         for body in requests:
             started = time.perf_counter()
-            async with client.stream("POST", "/completions", json=body) as response:
-                async for _ in response.aiter_lines():
-                    pass
+            try:
+                await stream_through(client, body)
+            except httpx.RemoteProtocolError:
+                resent += 1
+                await stream_through(client, body)
             overheads.append((time.perf_counter() - started) * 1000 - timings.next_request()["total_ms"])
-    return overheads
+    return overheads, resent
 
 
-def with_curl(server: LlamaServer, key: str, requests: list[dict], timings: ServerTimings, folder: Path) -> list[float]:
+async def stream_through(client: httpx.AsyncClient, body: dict) -> None:
+    async with client.stream("POST", "/completions", json=body) as response:
+        async for _ in response.aiter_lines():
+            pass
+
+
+def with_curl(server: ServerProcess, key: str, requests: list[dict], timings: ServerTimings, folder: Path) -> list[float]:
     overheads = []
     for body in requests:
         path = folder / "body.json"
@@ -71,29 +81,35 @@ def with_curl(server: LlamaServer, key: str, requests: list[dict], timings: Serv
     return overheads
 
 
+def measure(kind: str, requests: list[dict], folder: Path, key: str, threads: int) -> dict:
+    server = start_server(kind, folder, key, threads)
+    try:
+        timings = ServerTimings(server.log)
+        asyncio.run(with_httpx(server, key, requests, timings))  # fills the server's prefix cache
+        httpx_ms, resent = asyncio.run(with_httpx(server, key, requests, timings))
+        curl_ms = with_curl(server, key, requests, timings, folder)
+    finally:
+        server.stop()
+    return {
+        "server": SERVERS[kind],
+        "httpx_minus_server_total_ms_p50": statistics.median(httpx_ms),
+        "curl_minus_server_total_ms_p50": statistics.median(curl_ms),
+        "httpx_over_curl_ms_p50": statistics.median(h - c for h, c in zip(httpx_ms, curl_ms)),
+        "httpx_requests_sent_again": resent,
+    }
+
+
 def main() -> None:
     args = replay_arguments(__doc__.split("\n\n")[0]).parse_args()
     checkpoint = ensure_embedded_checkpoint()
     key = os.urandom(8).hex()
-    with tempfile.TemporaryDirectory(prefix="fimble-http-overhead-") as tmp:
-        folder = Path(tmp)
-        server = LlamaServer(embedded_gguf(folder), llama_cpp_site(), key, log=folder / "server.log", threads=args.threads).start()
-        try:
-            requests = bodies(checkpoint, args.keystrokes, args.start_line)
-            timings = ServerTimings(server.log)
-            asyncio.run(with_httpx(server, key, requests, timings))  # fills the server's prefix cache
-            httpx_ms = asyncio.run(with_httpx(server, key, requests, timings))
-            curl_ms = with_curl(server, key, requests, timings, folder)
-        finally:
-            server.stop()
-    result = {
-        "httpx_minus_server_total_ms_p50": statistics.median(httpx_ms),
-        "curl_minus_server_total_ms_p50": statistics.median(curl_ms),
-        "httpx_over_curl_ms_p50": statistics.median(h - c for h, c in zip(httpx_ms, curl_ms)),
-        "keystrokes": len(requests),
-        "threads": args.threads,
-        "cpu": cpu_model(),
-    }
+    requests = bodies(checkpoint, args.keystrokes, args.start_line)
+    result = {}
+    for kind in SERVERS:
+        with tempfile.TemporaryDirectory(prefix="fimble-http-overhead-") as tmp:
+            result[kind] = measure(kind, requests, Path(tmp), key, args.threads)
+            print(kind, json.dumps(result[kind]), flush=True)
+    result.update(keystrokes=len(requests), threads=args.threads, cpu=cpu_model())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "server_http_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

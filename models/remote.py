@@ -71,6 +71,17 @@ class _Stream:
     first_at: float | None = None
     server_finish: str | None = None
     usage: dict | None = None
+    timings: dict | None = None  # llama.cpp's llama-server: its own timings and cache use
+
+
+def server_cached_tokens(usage: dict | None, timings: dict | None) -> int:
+    """The prompt tokens the server took from its prefix cache, where it says: the OpenAI field
+    (vLLM, SGLang), or llama-server's own timings. 0 where it doesn't (llama-cpp-python)."""
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    for value in (details.get("cached_tokens") if isinstance(details, dict) else None, (timings or {}).get("cache_n")):
+        if isinstance(value, int) and value >= 0:
+            return value
+    return 0
 
 
 class RemoteBackend:
@@ -151,6 +162,7 @@ class RemoteBackend:
             choice = (event.get("choices") or [{}])[0]
             piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
             state.usage = event.get("usage") or state.usage
+            state.timings = event.get("timings") or state.timings
             # [DONE] ends the stream too; a finish reason seen before it is the one that counts.
             state.server_finish = state.server_finish or choice.get("finish_reason")
             self._take_logprobs(choice, state)
@@ -210,6 +222,7 @@ class RemoteBackend:
         prompt_tokens = int((state.usage or {}).get("prompt_tokens") or len(request.prompt_ids))
         stats = GenerationStats(
             prompt_tokens=prompt_tokens,
+            cached_tokens=server_cached_tokens(state.usage, state.timings),
             generated_tokens=generated,
             ttft_s=state.first_at - started if state.first_at else None,
             decode_tok_s=decode,
@@ -249,7 +262,8 @@ class RemoteBackend:
             try:
                 response = await self._http().request(method, path)
                 break
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
+                # RemoteProtocolError here: no answer began (see _events).
                 await self._before_retry(attempt, error)
             except httpx.HTTPError as error:
                 raise self._unavailable(error) from None
@@ -258,10 +272,18 @@ class RemoteBackend:
         return response
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The server-sent events of a streamed request, as parsed JSON."""
+        """The server-sent events of a streamed request, as parsed JSON.
+
+        A connection error, or a server that closed the connection before any answer, is tried
+        again (CONNECT_RETRIES times): servers close kept-alive connections when they please
+        (llama-server's cpp-httplib after an idle while or a number of requests), and a request
+        sent on one the moment it closes gets "Server disconnected without sending a response".
+        It never reached the server, so sending it again is safe."""
         for attempt in range(CONNECT_RETRIES + 1):
+            answered = False
             try:
                 async with self._http().stream("POST", path, json=body) as response:
+                    answered = True
                     if response.status_code >= 400:
                         text = (await response.aread()).decode("utf-8", errors="replace")
                         if self._refuses_logprobs(body, response.status_code, text):
@@ -273,6 +295,12 @@ class RemoteBackend:
                 return
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # before anything was streamed
                 await self._before_retry(attempt, error)
+            except httpx.RemoteProtocolError as error:
+                if answered:
+                    raise self._unavailable(error) from None
+                log.info("%s%s closed the connection without answering; sending the request again", self.base_url, path)
+                if attempt > 0:  # no answer began (see the docstring): at once, on a new connection
+                    await self._before_retry(attempt, error)
             except httpx.HTTPError as error:
                 raise self._unavailable(error) from None
         async for event in self._events(path, {key: value for key, value in body.items() if key != "logprobs"}):

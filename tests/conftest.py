@@ -69,7 +69,7 @@ def llama_server(embedded_model_cache: Path, tmp_path_factory) -> Iterator[Llama
     site = llama_cpp_site(progress=lambda message: print(f"\nfimble tests: {message}", flush=True))
     key = "test-key-" + os.urandom(8).hex()
     os.environ[REMOTE_KEY_ENV] = key
-    server = LlamaServer(embedded_gguf(embedded_model_cache), site, key, log=tmp_path_factory.mktemp("llama") / "server.log")
+    server = LlamaServer(embedded_gguf(embedded_model_cache), key, site=site, log=tmp_path_factory.mktemp("llama") / "server.log")
     yield server.start()
     server.stop()
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fimble.completion.syntax import (
     indentation_after_enter,
@@ -19,6 +24,7 @@ from fimble.completion.syntax import (
     parse_with_insertion,
     uses_indentation_blocks,
 )
+from fimble.context import languages
 
 SHIPPED = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust"]
 
@@ -95,6 +101,39 @@ def test_parse_with_insertion_equals_a_fresh_parse_after_unicode_text() -> None:
     assert reparsed.root_node.end_byte == len((before + inserted + after).encode("utf-8"))
     # The edit is applied to a copy: the document's tree still describes the text without it.
     assert document.root_node.end_byte == len((before + after).encode("utf-8"))
+
+
+def every_node(tree) -> list[tuple]:
+    nodes, cursor = [], tree.walk()
+    while True:
+        node = cursor.node
+        nodes.append((node.type, node.start_byte, node.end_byte, node.start_point, node.end_point, node.is_missing))
+        if cursor.goto_first_child() or cursor.goto_next_sibling():
+            continue
+        while cursor.goto_parent():
+            if cursor.goto_next_sibling():
+                break
+        else:
+            return nodes
+
+
+# A real file's first 200 lines: classes, strings, comments, decorators.
+REAL_PYTHON = "".join(Path(argparse.__file__).read_text().splitlines(keepends=True)[:200])
+PIECES = ["", "x", "(", ")", '"', "\n    ", "# ", "ü", "def f():\n", '"""']
+EDITS = st.lists(st.tuples(st.floats(0, 1), st.integers(0, 12), st.sampled_from(PIECES)), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(EDITS)
+def test_each_keystrokes_incremental_parse_equals_a_fresh_parse(edits) -> None:
+    """parse() reparses from the last tree it made; after any edit, deletion or insertion,
+    unbalanced brackets and quotes included, the tree is node for node the fresh parse's."""
+    text = REAL_PYTHON
+    parse(text, "python")
+    for where, deleted, inserted in edits:
+        at = int(where * len(text))
+        text = text[:at] + inserted + text[at + deleted :]
+        assert every_node(parse(text, "python")) == every_node(languages.parse(text, "python"))
 
 
 def test_code_without_strings_blanks_strings_and_comments_keeping_columns() -> None:

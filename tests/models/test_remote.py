@@ -13,7 +13,7 @@ import pytest
 
 from fimble.models.families import QWEN25_CODER
 from fimble.models.generation import ChatMessage, GenerationRequest, StopRules
-from fimble.models.remote import RemoteBackend, RemoteRequestError, RemoteUnavailableError
+from fimble.models.remote import RemoteBackend, RemoteRequestError, RemoteUnavailableError, server_cached_tokens
 from fimble.models.spec import ModelSpec, Role
 from tests.conftest import REMOTE_KEY_ENV
 from tests.llama_server import free_port
@@ -181,3 +181,59 @@ async def test_proxies_come_from_the_environment(llama_server, monkeypatch):
         assert (await direct.generate(completion(FIB, strings=("\n",)))).text.strip()
     finally:
         await direct.close()
+
+
+def test_the_cached_prompt_tokens_come_from_whichever_field_the_server_fills():
+    """vLLM and SGLang say it in OpenAI's usage field, llama-server in its own timings, and
+    llama-cpp-python not at all (its answers here carry neither)."""
+    assert server_cached_tokens({"prompt_tokens": 900, "prompt_tokens_details": {"cached_tokens": 850}}, None) == 850
+    assert server_cached_tokens({"prompt_tokens": 900}, {"cache_n": 880, "prompt_n": 20}) == 880
+    assert server_cached_tokens({"prompt_tokens": 900, "prompt_tokens_details": None}, None) == 0
+    assert server_cached_tokens(None, None) == 0
+
+
+class OneAnswerPerConnection:
+    """A real HTTP server on 127.0.0.1 that, like a server at its keep-alive limit, answers the
+    first request on each connection, says the connection stays open, then closes it unanswered
+    when the next request comes on it."""
+
+    ANSWER = b'data: {"choices":[{"text":"fib(n - 1)","finish_reason":null}]}\n\ndata: {"choices":[{"text":"","finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+
+    def __init__(self):
+        self.connections = 0
+        self.answered = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        for request_number in range(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+            await reader.readexactly(length)
+            if request_number == 1:
+                break  # the second request on this connection: closed without an answer
+            self.answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(self.ANSWER), self.ANSWER))
+            await writer.drain()
+        writer.close()
+
+
+async def test_a_request_on_a_kept_alive_connection_the_server_closed_is_sent_again(monkeypatch):
+    monkeypatch.setenv(REMOTE_KEY_ENV, "k")
+    server = OneAnswerPerConnection()
+    async with server as base_url:
+        backend = RemoteBackend(ModelSpec(source=base_url, api_key_env=REMOTE_KEY_ENV, family="qwen2.5-coder", model="m"))
+        try:
+            texts = [(await backend.generate(completion(FIB))).text for _ in range(3)]
+        finally:
+            await backend.close()
+    assert texts == ["fib(n - 1)"] * 3
+    assert server.answered == 3 and server.connections >= 3  # each later request went out again, on a new connection
