@@ -5,11 +5,14 @@ from it, a chat streamed from it, and what the editor is told when it is down or
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 from tests.conftest import REMOTE_KEY_ENV
-from tests.lsp_server.conftest import QUIET, inline_at, open_document, start_client
+from tests.lsp_server.conftest import FIMBLE, QUIET, inline_at, open_document, start_client
 from tests.lsp_server.test_chat import Chat
 
 FIB = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return \n\n\nprint(fibonacci(10))\n'
@@ -27,8 +30,15 @@ def remote_config(path, server, tiny_checkpoint, api_key_env: str = REMOTE_KEY_E
 
 @pytest.fixture
 def remote_env(fimble_env, llama_server, tiny_checkpoint, tmp_path):
+    """The session's environment with the remote config, and a daemon of its own: a daemon serves
+    the config it started with, so one shared with the session's tests would serve them this one
+    (it is, when the session's daemon has gone idle and this test starts the next)."""
     config = remote_config(tmp_path / "config.toml", llama_server, tiny_checkpoint)
-    return {**fimble_env, "FIMBLE_CONFIG": str(config), REMOTE_KEY_ENV: llama_server.api_key, "FIMBLE_DATA_DIR": str(tmp_path / "data")}
+    with tempfile.TemporaryDirectory(prefix="fimble-remote-") as runtime_dir:  # short: AF_UNIX paths
+        env = {**fimble_env, "FIMBLE_CONFIG": str(config), "FIMBLE_RUNTIME_DIR": runtime_dir, REMOTE_KEY_ENV: llama_server.api_key}
+        env["FIMBLE_DATA_DIR"] = str(tmp_path / "data")
+        yield env
+        subprocess.run([*FIMBLE, "daemon", "stop"], env=env, capture_output=True, timeout=60)
 
 
 async def messages_of(client) -> list[str]:
@@ -98,9 +108,6 @@ async def test_a_wrong_key_is_told_in_the_editor_without_the_key(remote_env, lla
 
 
 def test_fimble_models_asks_the_server_what_it_offers(remote_env, llama_server, tiny_checkpoint, tmp_path):
-    import subprocess
-    import sys
-
     with_logprobs = tmp_path / "logprobs.toml"
     with_logprobs.write_text(f'[models.single_line]\nsource = "{llama_server.base_url}"\napi_key_env = "{REMOTE_KEY_ENV}"\n')
     shown = {}
