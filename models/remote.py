@@ -263,7 +263,7 @@ class RemoteBackend:
                 response = await self._http().request(method, path)
                 break
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
-                # RemoteProtocolError here: no answer began (see _events).
+                # RemoteProtocolError: a kept-alive connection the server closed (see _events); a GET.
                 await self._before_retry(attempt, error)
             except httpx.HTTPError as error:
                 raise self._unavailable(error) from None
@@ -275,10 +275,10 @@ class RemoteBackend:
         """The server-sent events of a streamed request, as parsed JSON.
 
         A connection error, or a server that closed the connection before any answer, is tried
-        again (CONNECT_RETRIES times): servers close kept-alive connections when they please
-        (llama-server's cpp-httplib after an idle while or a number of requests), and a request
-        sent on one the moment it closes gets "Server disconnected without sending a response".
-        It never reached the server, so sending it again is safe."""
+        again (CONNECT_RETRIES times). Servers may close a kept-alive connection at any time
+        (llama-server advertises keep-alive, yet closes it after each streamed answer), and a
+        request sent on it as it closes gets "Server disconnected without sending a response".
+        Nothing of it was answered or generated, so sending it again is safe."""
         for attempt in range(CONNECT_RETRIES + 1):
             answered = False
             try:
