@@ -300,7 +300,7 @@ class Workbench:
                 break
             except WorkbenchError as error:
                 if attempt == SETTING_ATTEMPTS:
-                    raise WorkbenchError(f"{error} after {attempt} tries; the page: {self.screenshot_on_failure(key)}") from None
+                    raise WorkbenchError(f"{error}, after {attempt} tries") from None
         self.page.press("Control+W")
         self.page.wait(".settings-editor", state="detached")
 
@@ -314,12 +314,6 @@ class Workbench:
             self.page.click(f".settings-editor input[aria-label='{key}']")
             self.page.press("Control+A")
             self.page.type(str(value))
-
-    def screenshot_on_failure(self, what: str) -> Path:
-        """The page as it was when a step failed, beside code-server's user data."""
-        path = self.server.user_data.parent / f"failed-{re.sub(r'[^A-Za-z0-9.]+', '-', what)}.png"
-        self.page.screenshot(path)
-        return path
 
     def close_all_editors(self) -> None:
         self.run_command("View: Close All Editors")
