@@ -92,12 +92,12 @@ def llama_cpp_site(progress=print) -> Path:
 
 def native_server_binary(progress=print) -> Path:
     """llama.cpp's `llama-server`, built once for this CPU from the llama-cpp-python sdist's copy of
-    llama.cpp (about 12 minutes on 2 vCPUs), statically linked, without its web UI."""
+    llama.cpp (8 minutes on 2 idle vCPUs), statically linked, without its web UI."""
     flags = cpu_flags()
     binary = tools_dir() / f"llama-server-{LLAMA_CPP_VERSION}-{build_variant(flags)}" / "llama-server"
     if binary.is_file():
         return binary
-    progress(f"building llama.cpp's llama-server {LLAMA_CPP_VERSION} for this CPU into {binary.parent}: about 12 minutes, once")
+    progress(f"building llama.cpp's llama-server {LLAMA_CPP_VERSION} for this CPU into {binary.parent}: about 8 minutes, once")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fimble-llama-server-") as tmp:
         work = Path(tmp)
