@@ -92,7 +92,7 @@ def llama_cpp_site(progress=print) -> Path:
 
 def native_server_binary(progress=print) -> Path:
     """llama.cpp's `llama-server`, built once for this CPU from the llama-cpp-python sdist's copy of
-    llama.cpp (8 minutes on 2 idle vCPUs), statically linked, without its web UI."""
+    llama.cpp (about 8 minutes on 2 vCPUs), statically linked, without its web UI."""
     flags = cpu_flags()
     binary = tools_dir() / f"llama-server-{LLAMA_CPP_VERSION}-{build_variant(flags)}" / "llama-server"
     if binary.is_file():
