@@ -108,23 +108,19 @@ def parse_with_insertion(tree: Tree, before: str, inserted: str, after: str, lan
     language = language_for(language_id)
     if language is None:
         return None
-    start, inserted_bytes = len(before.encode("utf-8")), inserted.encode("utf-8")
+    source = (before + inserted + after).encode("utf-8")
+    start = len(before.encode("utf-8"))
+    end = start + len(inserted.encode("utf-8"))
     edited = tree.copy()
     edited.edit(
         start_byte=start,
         old_end_byte=start,
-        new_end_byte=start + len(inserted_bytes),
-        start_point=_end_point(before),
-        old_end_point=_end_point(before),
-        new_end_point=_end_point(before + inserted),
+        new_end_byte=end,
+        start_point=_point(source, start),
+        old_end_point=_point(source, start),
+        new_end_point=_point(source, end),
     )
-    return Parser(language).parse((before + inserted + after).encode("utf-8"), edited)
-
-
-def _end_point(text: str) -> tuple[int, int]:
-    """Tree-sitter's (row, byte column) of the end of `text`."""
-    last_line = text.rpartition("\n")[2]
-    return text.count("\n"), len(last_line.encode("utf-8"))
+    return Parser(language).parse(source, edited)
 
 
 def error_count(tree: Tree) -> int:
