@@ -37,6 +37,17 @@ def suffix_key(request: CompletionRequest) -> tuple[int, int]:
     return len(suffix), hash(suffix)
 
 
+def rest_after(completion: Completion, typed: str) -> Completion | None:
+    """What of a suggestion is left to show once `typed` has been typed into it: all of it when
+    nothing was, the rest when `typed` is a proper start of it; None when the user typed something
+    else, or all of it. (An empty answer holds only for the same spot.)"""
+    if not typed:
+        return completion
+    if completion.text.startswith(typed) and len(typed) < len(completion.text):
+        return dataclasses.replace(completion, text=completion.text[len(typed) :], from_cache=True)
+    return None
+
+
 class SuggestionCache:
     def __init__(self, capacity: int = DEFAULT_CAPACITY):
         self.capacity = capacity
@@ -66,22 +77,18 @@ class SuggestionCache:
         prefix = request.prefix
         candidates = self._by_suffix.get(suffix_key(request), ())
         for entry in reversed(candidates):  # the newest answer first
-            typed = prefix[entry.prefix_length :]
-            if entry.prefix_length > len(prefix) or not self._continues(entry.completion.text, typed):
+            if entry.prefix_length > len(prefix):
+                continue
+            rest = rest_after(entry.completion, prefix[entry.prefix_length :])
+            if rest is None:
                 continue
             if request.explicit and not entry.explicit:
                 continue  # an automatic answer may be narrower, or withheld where the model was unsure
             if hash(prefix[: entry.prefix_length]) != entry.prefix_hash:
                 continue
             self._entries.move_to_end((entry.prefix_length, entry.prefix_hash, entry.suffix_key))
-            return dataclasses.replace(entry.completion, text=entry.completion.text[len(typed) :], from_cache=True)
+            return dataclasses.replace(rest, from_cache=True)
         return None
-
-    @staticmethod
-    def _continues(suggestion: str, typed: str) -> bool:
-        """Whether `typed` leaves part of `suggestion` to show: none typed (the same spot), or a
-        proper start of it. An empty answer counts only for the same spot."""
-        return not typed or (suggestion.startswith(typed) and len(typed) < len(suggestion))
 
     def clear(self) -> None:
         self._entries.clear()

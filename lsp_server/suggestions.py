@@ -19,13 +19,12 @@ the generation goes on, so that typing on, or asking again, finds the whole line
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from fimble.completion.service import Completion, CompletionRequest, DraftCallback, draft_completion
-from fimble.completion.suggestion_cache import SuggestionCache
+from fimble.completion.suggestion_cache import SuggestionCache, rest_after
 from fimble.completion.trigger import CompletionMode
 
 
@@ -66,16 +65,6 @@ class Generation:
 
 def typed_since(earlier: CompletionRequest, later: CompletionRequest) -> str:
     return later.prefix[len(earlier.prefix) :]
-
-
-def rest_after(completion: Completion, typed: str) -> Completion | None:
-    """What of a suggestion is left to show once `typed` has been typed into it; None when the
-    user typed something else (or all of it)."""
-    if not typed:
-        return completion
-    if completion.text.startswith(typed) and len(typed) < len(completion.text):
-        return dataclasses.replace(completion, text=completion.text[len(typed) :], from_cache=True)
-    return None
 
 
 class Suggestions:
