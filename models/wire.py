@@ -113,11 +113,16 @@ def request_frame(request_id: int, request: Request) -> dict[str, Any]:
     return {"id": request_id, "op": OP_NAMES[type(request)], **unstructure(request)}
 
 
+def usable_id(value: Any) -> int | None:
+    """A request id is an integer; anything else (bools included) is answered under id null."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def parse_request(message: dict[str, Any]) -> tuple[int, Request]:
     """The request's id and typed body, or ProtocolError saying what is wrong."""
     fields = dict(message)
     request_id = fields.pop("id", None)
-    if not isinstance(request_id, int) or isinstance(request_id, bool):
+    if usable_id(request_id) is None:
         raise ProtocolError(f"'id' must be an integer, got {request_id!r}")
     op = fields.pop("op", None)
     if op not in OPS:

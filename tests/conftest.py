@@ -170,6 +170,17 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_tiny_config(path: Path, checkpoint: Path, roles=("single_line", "multi_line", "chat")) -> Path:
+    """A config.toml with each role on the tiny checkpoint, fp32, on one torch thread: its ops are
+    too small to split, and two threads spin-waiting on two busy cores took ~100 ms a step (a
+    4-token generation: 351 ms with two threads, 4.6 ms with one, side by side under load)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(f'[models.{role}]\nsource = "{checkpoint}"\nquantization = "none"\ndevice = "cpu"\ncontext_length = 2048\nthreads = 1\n\n' for role in roles)
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2"))
