@@ -59,7 +59,8 @@ class Completion:
     text: str  # inserted at the cursor; "" when there is nothing to show
     mode: CompletionMode
     mean_logprob: float | None = None
-    # Why the text is empty: "trigger", "abstained", "postprocess", "model", "late"; "" when there is text.
+    # Why the text is empty: "trigger", "abstained", "postprocess", "model", "late", "secret" (the
+    # document holds secrets, so nothing of it went to a model: lsp_server/server.py); "" when there is text.
     empty_because: str = ""
     stats: GenerationStats = GenerationStats()
     context_files: tuple[str, ...] = ()  # the other files whose code was in the prompt

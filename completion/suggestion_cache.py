@@ -59,8 +59,8 @@ class SuggestionCache:
 
     def remember(self, request: CompletionRequest, completion: Completion) -> None:
         """Keep an answer the model gave (with text, or a decided "nothing to show")."""
-        if completion.empty_because in ("model", "trigger"):
-            return  # failures are not answers, and the trigger rule costs nothing to run again
+        if completion.empty_because in ("model", "trigger", "secret"):
+            return  # failures are not answers, and the trigger and secret rules cost nothing to run again
         prefix = request.prefix
         entry = Entry(len(prefix), hash(prefix), suffix_key(request), dataclasses.replace(completion, from_cache=False), request.explicit)
         key = (entry.prefix_length, entry.prefix_hash, entry.suffix_key)

@@ -15,8 +15,8 @@ name, because they are never the user's source and are huge. `__pycache__`, `dis
 `venv` are left to ignore files: a project may really keep source in `build/` or `dist/`, and the
 usual `.gitignore` already lists them. Two exceptions that need no name: a directory holding
 `pyvenv.cfg` is a Python environment (third-party code, tens of thousands of files; venv,
-virtualenv and uv all write that file), and `.ssh`, `.gnupg`, `.aws` directories are secret stores
-(a user may open their home directory as a workspace).
+virtualenv and uv all write that file), and `.ssh`, `.gnupg`, `.aws`, `.kube` directories are
+secret stores (a user may open their home directory as a workspace).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # override both.
 IGNORE_FILE_NAMES = (".gitignore", ".ignore", ".fimbleignore")
 ALWAYS_PRUNED_DIRS = frozenset({".git", ".hg", ".svn", "node_modules"})
-SECRET_DIRS = frozenset({".ssh", ".gnupg", ".aws"})
+SECRET_DIRS = frozenset({".ssh", ".gnupg", ".aws", ".kube"})
 VENV_MARKER = "pyvenv.cfg"
 
 # Matched case-insensitively against the file name alone, so a `.fimbleignore` negation or an
@@ -52,10 +52,22 @@ SECRET_NAME_PATTERNS = (
     "*.p12", "*.pfx", "*.keystore", "*.jks", "*.kdbx",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
     ".netrc", "_netrc", ".pgpass", ".git-credentials", ".npmrc", ".pypirc", ".htpasswd",
-    "credentials*", "secrets.*",
+    "*.kubeconfig",
     "*.tfstate", "*.tfstate.*",
 )  # fmt: skip
+# Names that hold credentials as data (`credentials`, `credentials.json`, `secrets.toml`) but name
+# ordinary code as source files (google-auth's `credentials.py`, the standard library's
+# `secrets.py`): these apply only when the extension is not a source language's, and a source
+# file's contents go through the content rules like any other's. Applied to every name, they
+# refused 15 source files of the installed packages and the standard library, none a secret
+# (benchmarks/secrets_audit.py).
+SECRET_DATA_NAME_PATTERNS = ("credentials*", "secrets.*", "kubeconfig*")
+SOURCE_SUFFIXES = frozenset(
+    ".py .pyi .js .mjs .cjs .jsx .ts .mts .cts .tsx .go .rs .java .kt .scala .rb .php .c .h .cc .cpp .hpp "
+    ".cs .swift .dart .lua .ex .exs".split()
+)  # shell scripts are not here: `credentials.sh` is usually a list of exports
 _SECRET_NAME_RES = tuple((p, re.compile(fnmatch.translate(p))) for p in SECRET_NAME_PATTERNS)
+_SECRET_DATA_NAME_RES = tuple((p, re.compile(fnmatch.translate(p))) for p in SECRET_DATA_NAME_PATTERNS)
 
 
 @dataclass(frozen=True)
@@ -65,11 +77,45 @@ class _ContentRule:
     # substring tests first bring a whole-file scan to ~120 MB/s (measured on the stdlib sources).
     triggers: tuple[str, ...]
     pattern: re.Pattern[str]
+    # A match holding this is a documented example, not a credential: AWS's documentation and SDKs
+    # spell theirs AKIAIOSFODNN7EXAMPLE (42 files of awscli, boto3 and moto were refused for them).
+    example_marker: str | None = None
 
+    def finds(self, text: str) -> bool:
+        if not any(trigger in text for trigger in self.triggers):
+            return False
+        if self.example_marker is None:
+            return self.pattern.search(text) is not None
+        return any(self.example_marker not in match.group() for match in self.pattern.finditer(text))
+
+
+# A private key's armour, then its base64 (after the RFC 1421 header lines of an encrypted key or
+# PGP's "Version:"). Line breaks may be real or escaped inside a string literal (a service
+# account's JSON, a key pasted into code). The base64 is required: code that only names the armour
+# (`_PKCS8_MARKER = "-----BEGIN PRIVATE KEY-----"`, a regex, a docs placeholder "XXXX") is no key;
+# the armour alone refused 21 such files of installed packages and the npm CLI, none a key.
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?:\s|\\[rn]|[\"'`+,])+"
+    r"(?:[A-Za-z-]+:[^\n\\]*(?:\s|\\[rn])+)*"
+    r"[A-Za-z0-9+/=]{24,}(?=\s|\\[rn]|[\"'`]|$)"  # a whole line of it: an elided example ("MIIE...") is none
+)
+# A kubeconfig (`kind: Config`) with a user's credential in it; the base64 of `client-key-data`
+# hides the private key's armour from the rule above.
+_KUBECONFIG_CREDENTIAL = re.compile(
+    r"\A(?=.*^kind:\s*Config\s*$)(?=.*^\s*-?\s*(?:client-key-data|token|password):\s*[\"']?[A-Za-z0-9+/=._~-]{8,})",
+    re.MULTILINE | re.DOTALL,
+)
 
 SECRET_CONTENT_RULES = (
-    _ContentRule("private key", ("PRIVATE KEY",), re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")),
-    _ContentRule("AWS access key id", ("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    _ContentRule("private key", ("PRIVATE KEY",), _PRIVATE_KEY),
+    _ContentRule("AWS access key id", ("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "EXAMPLE"),
+    _ContentRule(
+        "AWS secret access key",
+        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+        re.compile(r"(?i)aws_secret_access_key[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"),
+        "EXAMPLEKEY",
+    ),
     _ContentRule(
         "GitHub token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36}\b")
     ),
@@ -77,6 +123,19 @@ SECRET_CONTENT_RULES = (
     _ContentRule(
         "Slack token", ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"), re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")
     ),
+    _ContentRule(
+        "Stripe key",
+        ("sk_live_", "rk_live_", "sk_test_", "rk_test_", "sk_prod_", "rk_prod_"),
+        re.compile(r"\b[rs]k_(?:live|test|prod)_[A-Za-z0-9]{24,}\b"),
+    ),
+    _ContentRule("npm token", ("npm_",), re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")),
+    _ContentRule("PyPI token", ("pypi-AgE",), re.compile(r"\bpypi-AgE[A-Za-z0-9_-]{50,}")),
+    # header.payload.signature, both JSON objects ("eyJ" is the base64 of '{"'); an unsigned token
+    # (empty signature) authenticates nothing.
+    _ContentRule(
+        "JSON web token", ("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
+    ),
+    _ContentRule("kubeconfig credential", ("kind: Config",), _KUBECONFIG_CREDENTIAL),
 )
 
 
@@ -148,6 +207,33 @@ def secret_name_pattern(name: str) -> str | None:
     for pattern, regex in _SECRET_NAME_RES:
         if regex.match(lowered):
             return pattern
+    if os.path.splitext(lowered)[1] not in SOURCE_SUFFIXES:
+        for pattern, regex in _SECRET_DATA_NAME_RES:
+            if regex.match(lowered):
+                return pattern
+    return None
+
+
+def secret_path_reason(path: Path) -> str | None:
+    """Why a file is a secret from its path alone: its name, or a credentials directory (`.ssh`,
+    ...) anywhere above it; None otherwise. For a file wherever it lies, ignore files aside."""
+    if (pattern := secret_name_pattern(path.name)) is not None:
+        return f"{SkipKind.SECRET_NAME}: matches {pattern!r}"
+    for parent in path.parts[:-1]:
+        if parent.lower() in SECRET_DIRS:
+            return f"{SkipKind.SECRET_NAME}: {parent} holds credentials"
+    return None
+
+
+def secret_reason(path: Path | None, text: str) -> str | None:
+    """Why text must never reach a model: the path it comes from (`secret_path_reason`) or what it
+    holds (`secret_content_kind`); None when neither marks it. For an editor's buffer, which may be
+    outside the workspace and is never checked against ignore files: completing in an ignored file
+    is fine, in a secret one it is not."""
+    if path is not None and (reason := secret_path_reason(path)) is not None:
+        return reason
+    if (credential := secret_content_kind(text)) is not None:
+        return f"{SkipKind.SECRET_CONTENT}: looks like a {credential}"
     return None
 
 
@@ -156,7 +242,7 @@ def secret_content_kind(text: str) -> str | None:
     not only its start: a token on line 300 is as secret as one on line 3, and the substring
     pre-check keeps it cheap."""
     for rule in SECRET_CONTENT_RULES:
-        if any(trigger in text for trigger in rule.triggers) and rule.pattern.search(text):
+        if rule.finds(text):
             return rule.name
     return None
 

@@ -108,13 +108,18 @@ def run_complete(path: Path, line: int, col: int, show_stats: bool) -> int:
 
 
 def read_source(path: Path) -> str:
+    from fimble.context.files import secret_reason
+
     data = path.read_bytes()
     if b"\0" in data[:8192]:
         raise ValueError(f"{path} looks binary; fimble completes text files")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 ({error.reason} at byte {error.start})") from None
+    if (reason := secret_reason(path.absolute(), text)) is not None:
+        raise ValueError(f"{path} holds secrets ({reason}); fimble sends nothing from it to a model")
+    return text
 
 
 def run_chat(args) -> int:

@@ -21,9 +21,12 @@ from pygls.lsp.server import LanguageServer
 
 from fimble.completion.service import Completion, CompletionRequest, complete
 from fimble.completion.syntax import indentation_after_enter
+from fimble.completion.trigger import CompletionMode
+from fimble.context.files import secret_reason
 from fimble.lsp_server.acceptance import AcceptanceStats
 from fimble.lsp_server.chat import register_chat_features
 from fimble.lsp_server.debounce import AdaptiveDebounce
+from fimble.lsp_server.jsonrpc import FimbleProtocol, serve_stdio
 from fimble.lsp_server.settings import Settings, parse_settings
 from fimble.lsp_server.status import STATUS, ServerStatus
 from fimble.lsp_server.suggestions import Suggestions
@@ -55,7 +58,7 @@ class ShownSuggestion:
 
 class FimbleServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("fimble", "0.1.0")
+        super().__init__("fimble", "0.1.0", protocol_cls=FimbleProtocol)
         self.settings = Settings()
         self.client = DaemonClient(on_disconnect=self._on_daemon_lost)
         self.backend = RoutedBackend(_roles_for_routing(), DaemonBackend(self.client))
@@ -135,7 +138,7 @@ class FimbleServer(LanguageServer):
             request = CompletionRequest(document.source, document.offset_at_position(position), document.language_id or "", explicit)
             completion = await self.suggestions.answer(uri, request, started_at, lambda: self.debounce(uri))
             self.show_model_problems(completion)
-            if completion.empty_because not in ("trigger", "model"):
+            if completion.empty_because not in ("trigger", "model", "secret"):
                 self.report(model="ready", problem="")  # the model answered, so an earlier problem is over
             if completion.text:
                 self.suggestion_shown(uri, position, request, completion, started_at)
@@ -153,8 +156,18 @@ class FimbleServer(LanguageServer):
 
     def _run_completion(self, uri: str, request: CompletionRequest, on_draft, background: bool):
         path = self.workspace.get_text_document(uri).path
+        if (reason := secret_reason(Path(path) if path else None, request.text)) is not None:
+            return self.refuse_secret_document(uri, reason, request)
         context = self.context_source(path, request)
         return complete(request, self.settings.completion(), self.backend, context, on_draft, background)
+
+    async def refuse_secret_document(self, uri: str, reason: str, request: CompletionRequest) -> Completion:
+        """No completion in a document that holds secrets (`.env`, a key, a token pasted into code):
+        its text would be the prompt. The log says why; the user is told when they asked."""
+        log.info("no completion in %s (%s): nothing from it is sent to a model", uri, reason)
+        if request.explicit:
+            self.tell(f"Fimble: no completions in this file, which holds secrets ({reason}); nothing from it is sent to a model", types.MessageType.Info)
+        return Completion("", CompletionMode.NONE, empty_because="secret")
 
     # --- typing into suggestions, accepting them, and what it tells the statistics ----------------
 
@@ -428,5 +441,5 @@ chat_features = register_chat_features(server)
 
 
 def run_stdio() -> int:
-    server.start_io()
+    serve_stdio(server)
     return 0

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+from fimble.context.files import UnindexableFile, read_source, secret_reason
 from fimble.context.indexer import IndexReport, WorkspaceIndex
 from fimble.context.retrieve import repository_context
 from fimble.models.families import RepoFormat
@@ -62,11 +63,14 @@ class WorkspaceContext:
                 return
             self._applied[path] = sequence
             relative = self.index.relative(path)
-            self._recent[relative] = text
-            self._recent.move_to_end(relative)
-            while len(self._recent) > RECENT_DOCUMENTS:
-                self._recent.popitem(last=False)
-            if self.ready.is_set():
+            if secret_reason(path, text) is None:
+                self._recent[relative] = text
+                self._recent.move_to_end(relative)
+                while len(self._recent) > RECENT_DOCUMENTS:
+                    self._recent.popitem(last=False)
+            else:  # a buffer with secrets is no context for other files (it may have just got one)
+                self._recent.pop(relative, None)
+            if self.ready.is_set():  # the index refuses it, and drops what it held of it
                 self.index.open_document(path, text)
 
     def document_closed(self, path: Path, sequence: int) -> None:
@@ -105,11 +109,14 @@ class WorkspaceContext:
             return dict(self._recent)
 
     def _read_text(self, relative: str) -> str | None:
+        """A file of the index, for its definitions' text; None when it cannot be read or holds a
+        secret now (it was checked when indexed, but may have changed since)."""
         if relative in self.index.open_documents:
-            return self.index.open_documents[relative]
+            text = self.index.open_documents[relative]
+            return text if secret_reason(self.root / relative, text) is None else None
         try:
-            return (self.root / relative).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            return read_source(self.root / relative, self.index.limits)
+        except UnindexableFile:
             return None
 
     def _apply_batch(self, batch: ChangeBatch) -> None:

@@ -152,7 +152,7 @@ PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----\n"
 )
 SECRET_CONTENTS = {
-    "rsa_key_in_code.py": 'KEY = """-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n"""\n',
+    "rsa_key_in_code.py": 'KEY = """-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAwJ3b8cD4pE2kq7Lz0u5gT1yV9nR4sXqPj3m\n"""\n',
     "openssh.txt": PRIVATE_KEY,
     "aws.py": 'AWS_ACCESS_KEY_ID = "AKIA' + "ABCDEFGHIJKLMNOP" + '"\n',
     "github.sh": "export GH_TOKEN=ghp_" + "a1B2" * 9 + "\n",

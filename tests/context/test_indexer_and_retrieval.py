@@ -113,8 +113,11 @@ def test_an_open_buffer_with_a_secret_or_a_secret_name_never_enters_the_index(re
     settings = repo / "shop" / "settings.py"
     index.open_document(settings, 'API_KEY = "AKIA' + "A" * 16 + '"\ndef configure():\n    pass\n')
     assert "shop/settings.py" not in index.entries and index.definitions("configure") == []
-    index.open_document(repo / "shop" / "secrets.py", "def vault():\n    pass\n")
+    index.open_document(repo / "shop" / "id_rsa.py", "def vault():\n    pass\n")
     assert index.definitions("vault") == []
+    # A source file named like a credential store is judged by its contents (secret_name_pattern).
+    index.open_document(repo / "shop" / "secrets.py", "def token_hex(nbytes):\n    pass\n")
+    assert [d.path for d in index.definitions("token_hex")] == ["shop/secrets.py"]
 
 
 def test_a_huge_workspace_is_indexed_up_to_the_file_cap(repo, tmp_path, caplog):

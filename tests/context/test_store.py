@@ -162,3 +162,41 @@ def test_an_unreadable_store_is_rebuilt_with_a_warning(store: IndexStore, caplog
     caplog.set_level(logging.WARNING, logger="fimble.context.store")
     assert store.load() == {}
     assert any("cannot read" in r.getMessage() for r in caplog.records)
+
+
+def test_a_store_truncated_mid_write_at_any_point_is_rebuilt_with_a_warning(
+    store: IndexStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A process killed mid-write without the temp-file rename (another tool, a copy, a full disk
+    # on a filesystem that lies about fsync) leaves a prefix of the file: every prefix reads as
+    # an empty index with one warning, never as an exception or as a part of the entries.
+    store.save({f"pkg/m{i}.py": entry(f"pkg/m{i}.py", symbols=[SYMBOL]) for i in range(20)})
+    whole = store.path.read_bytes()
+    caplog.set_level(logging.WARNING, logger="fimble.context.store")
+    for length in range(0, len(whole), 37):
+        store.path.write_bytes(whole[:length])
+        caplog.clear()
+        assert store.load() == {}, f"a store cut at byte {length} of {len(whole)} was read"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "re-indexed" in warnings[0], (length, warnings)
+
+
+def test_the_index_rebuilds_from_disk_when_its_store_was_truncated(
+    workspace: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fimble.context.indexer import WorkspaceIndex
+
+    (workspace / "client.py").write_text("class Client:\n    def get(self, url):\n        return url\n")
+    (workspace / "retry.py").write_text("def backoff(attempt):\n    return 2 ** attempt\n")
+    store = IndexStore(workspace, cache_dir=tmp_path / "cache")
+    assert WorkspaceIndex(workspace, store).build().parsed == 2
+    store.path.write_bytes(store.path.read_bytes()[: store.path.stat().st_size // 2])
+
+    caplog.set_level(logging.WARNING, logger="fimble.context.store")
+    index = WorkspaceIndex(workspace, store)
+    report = index.build()
+    assert (report.files, report.parsed, report.reused) == (2, 2, 0)  # every file read again
+    assert [d.path for d in index.definitions("Client")] == ["client.py"]
+    assert any("corrupt" in r.getMessage() and "re-indexed" in r.getMessage() for r in caplog.records)
+    # The rebuilt store is whole again: the next start reuses every entry.
+    assert WorkspaceIndex(workspace, store).build().reused == 2
