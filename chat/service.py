@@ -23,8 +23,17 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from fimble.chat.prompt import COUNTING_TEMPLATE, ChatBudget, ChatPromptTooLong, Tokenizer, build_chat_prompt
-from fimble.chat.session import Attachment, ChatSession, CorruptSessionError, Message, SessionListing, SessionStore, title_from
-from fimble.context.files import UnindexableFile, path_reason, read_source, secret_content_kind, secret_name_pattern
+from fimble.chat.session import (
+    Attachment,
+    ChatSession,
+    CorruptSessionError,
+    Message,
+    SessionListing,
+    SessionSaveError,
+    SessionStore,
+    title_from,
+)
+from fimble.context.files import UnindexableFile, path_reason, read_source, secret_content_kind, secret_path_reason
 from fimble.models.backend import Backend
 from fimble.models.generation import BackendError, GenerationRequest, StopRules
 from fimble.models.spec import Role
@@ -99,6 +108,7 @@ class ChatAnswer:
     finish_reason: str  # "stop" | "length" | "cancelled" | "error"
     dropped_turns: int = 0
     notice: str = ""
+    saved: bool = True  # False: the session file could not take the answer (the notice says why)
 
 
 def _no_buffer(path: Path) -> str | None:
@@ -153,8 +163,8 @@ class ChatWorkspace:
         reason = None
         if self.root is not None and path.resolve().is_relative_to(self.root.resolve()):
             reason = path_reason(self.root, path)
-        elif (pattern := secret_name_pattern(path.name)) is not None:
-            reason = f"secret: the name matches {pattern!r}"
+        else:
+            reason = secret_path_reason(path)
         if reason is not None:
             raise AttachmentError(
                 f"{shown} is not sent to the model ({reason}); Fimble never reads secrets or ignored files. "
@@ -386,7 +396,12 @@ class ChatService:
             notice = "The model failed while answering; see the daemon log (fimble daemon status)."
         if finish == "cancelled":
             notice = notice or "Stopped; the answer so far is kept."
-        self._record(session, text, finish)
+        try:
+            self._record(session, text, finish)
+        except SessionSaveError as error:
+            # The answer exists and was streamed: the reply still carries it, and says it is not kept.
+            notice = f"{notice} The answer was not saved: {error}".strip()
+            return ChatAnswer(session.id, index, text, finish, dropped, notice, saved=False)
         return ChatAnswer(session.id, index, text, finish, dropped, notice)
 
     def _record(self, session: ChatSession, text: str, finish: str) -> None:

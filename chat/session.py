@@ -173,8 +173,8 @@ class SessionStore:
             write_atomically(path, data)
         except OSError as error:
             raise SessionSaveError(
-                f"could not save the chat session to {path} ({error}); the answer is kept in the editor "
-                f"only until it closes. Check free space and permissions in {self.directory}."
+                f"could not save the chat session to {path} ({error}); the session as last saved is left as "
+                f"it was. Check free space and permissions in {self.directory}."
             ) from error
 
     def load(self, session_id: str) -> ChatSession:

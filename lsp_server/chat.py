@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.uris import from_fs_path, to_fs_path
 from pygls.workspace import TextDocument
 
 from fimble.chat.service import AttachmentRequest, ChatAnswer, ChatChunk, ChatInputError, ChatRequest, ChatService, ChatWorkspace
+from fimble.chat.session import SessionSaveError
+from fimble.context.files import secret_reason
 from fimble.models.conversion import ConversionError, camel_case, structure, unstructure
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,12 @@ class ChatFeatures:
         document = self.server.workspace.text_documents.get(from_fs_path(str(path)))
         return document.source if document is not None else None
 
+    def holds_secrets(self, uri: str) -> bool:
+        """Whether the document is a secret by its path or its (buffer's) text."""
+        path = to_fs_path(uri) if uri.startswith("file:") else None
+        text = self.buffer_text(Path(path)) if path else None
+        return secret_reason(Path(path) if path else None, text or "") is not None
+
     def chat_request(self, raw: Any, workspace: ChatWorkspace) -> ChatRequest:
         params = params_of(raw, ChatParams, CHAT)
         if not params.message.strip():
@@ -181,7 +189,10 @@ class ChatFeatures:
             answer = await self.service.ask(request, workspace, send_chunk)
         except ChatInputError as error:
             raise invalid(str(error)) from None
-        if answer.finish_reason == "error":
+        except SessionSaveError as error:  # the question could not be stored: nothing was asked
+            self.server.tell(f"Fimble: {error}")
+            raise JsonRpcInternalError(f"Fimble: {error}") from None
+        if answer.finish_reason == "error" or not answer.saved:
             self.server.tell(f"Fimble: {answer.notice}")
         return answer_to_wire(answer)
 
@@ -209,8 +220,8 @@ class ChatFeatures:
 
     def code_actions(self, params: types.CodeActionParams) -> list[types.CodeAction]:
         selection = params.range
-        if selection.start == selection.end:
-            return []
+        if selection.start == selection.end or self.holds_secrets(params.text_document.uri):
+            return []  # a secret's selection would be refused as an attachment: offer nothing
         only = params.context.only
         where = {"uri": params.text_document.uri, "range": unstructure(selection)}
         actions = []

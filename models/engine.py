@@ -34,8 +34,38 @@ class PromptTooLongError(ValueError):
     """The prompt plus max_new_tokens does not fit the model's context; shorten the prompt budget."""
 
 
+class RequestExceedsCacheError(PromptTooLongError):
+    """The prompt plus max_new_tokens needs more pages than the whole KV cache holds, so it could
+    never be scheduled; shorten the prompt or lower the model's context_length."""
+
+
 class EngineClosedError(RuntimeError):
     """The engine was shut down; requests need a new one."""
+
+
+# What torch's allocators say when memory runs out: CUDA and MPS ("... out of memory"), the CPU
+# allocator ("can't allocate memory").
+_OUT_OF_MEMORY_MARKS = ("out of memory", "can't allocate memory")
+# transformers' generation loop ends with this when the KV cache cannot hold even one request.
+_CACHE_FULL_MARK = "No requests can be scheduled"
+
+
+def describe_loop_error(message: str) -> str:
+    """The message for a request that failed inside the generation loop: the library's own text,
+    with what to do next where the cause is one a user can act on."""
+    lowered = message.lower()
+    if any(mark in lowered for mark in _OUT_OF_MEMORY_MARKS):
+        return (
+            f"the model ran out of memory ({message}). The requests running were stopped and the next one starts "
+            "afresh; retry with a shorter context (fewer attachments or chat turns) or fewer requests at once, or "
+            "choose a smaller model or quantization in config.toml"
+        )
+    if _CACHE_FULL_MARK in message:
+        return (
+            f"the KV cache could not hold the requests running ({message}); retry with a shorter context, or lower "
+            "the model's context_length in config.toml"
+        )
+    return message
 
 
 @dataclass(frozen=True)
@@ -147,10 +177,23 @@ class Engine:
         if self._closed:
             raise EngineClosedError("the engine was shut down")
         with self._lock:
-            if not self.manager.is_running():
-                log.warning("the generation loop had stopped (%s); starting a new one", self.manager.background_thread_status.fatal_error)
-                self.manager = self._start_manager()
-                self.restarts += 1
+            stopped = self.manager
+            status = stopped.background_thread_status
+            # A loop that recorded its error may still be winding down; it already refuses requests.
+            if stopped.is_running() and status.can_accept_new_requests() is None:
+                return
+            log.warning("the generation loop had stopped (%s); starting a new one", status.fatal_error)
+            # stop() joins the dead loop and drops its cache (gc + empty_cache), so a GPU that just ran
+            # out of memory has the old cache's memory back before the new cache is allocated.
+            stopped.stop(block=True, timeout=30)
+            orphans = list(self._handles)
+            self.manager = self._start_manager()
+            self.restarts += 1
+        # The router may not have read the stopped loop's last outputs before it moved to the new
+        # loop; those requests fail here, so none waits on a loop that is gone.
+        message = describe_loop_error(str(status.fatal_error or "the generation loop stopped"))
+        for request_id in orphans:
+            self._finish(request_id, "error", error=message)
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -162,6 +205,12 @@ class Engine:
             raise PromptTooLongError(
                 f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens exceeds the "
                 f"context length {self.loaded.spec.context_length}"
+            )
+        if len(request.prompt_ids) + request.max_new_tokens > self.cache_capacity_tokens:
+            raise RequestExceedsCacheError(
+                f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens is more than the KV "
+                f"cache's {self.cache_capacity_tokens} tokens; shorten the prompt, or lower the model's context_length "
+                "in config.toml so prompts are budgeted to fit"
             )
         request_id = request_id_for(priority_for(request), next(self._serial))
         handle = RequestHandle(self, request_id, request)
@@ -181,9 +230,15 @@ class Engine:
 
     def cancel(self, request_id: str) -> None:
         """Stop a request now: the caller gets its result at once, and the scheduler frees its blocks
-        before the next forward pass."""
-        self.manager.cancel_request(request_id)
+        before the next forward pass. Finishing first takes the request's cached-token count before
+        the scheduler, seeing the cancel, drops it."""
         self._finish(request_id, "cancelled")
+        self.manager.cancel_request(request_id)
+
+    @property
+    def cache_capacity_tokens(self) -> int:
+        """Tokens the KV cache holds in all: one request may use at most this many."""
+        return max(1, self.config.cache_tokens // self.config.page_size) * self.config.page_size
 
     @property
     def active_requests(self) -> int:
@@ -202,13 +257,32 @@ class Engine:
             return {}
         cache = processor.cache
         scheduler = self.scheduler
+        free_fraction = cache.compute_free_capacity()
+        cached_for_reuse = sum(len(a.ledger.cached_blocks) for a in cache.cache_allocators.values())
         return {
             "blocks_total": cache.num_blocks,
-            "free_fraction": cache.compute_free_capacity(),
-            "blocks_cached_for_reuse": sum(len(a.ledger.cached_blocks) for a in cache.cache_allocators.values()),
+            "free_fraction": free_fraction,
+            "blocks_cached_for_reuse": cached_for_reuse,
+            # Neither free nor kept for reuse: held by running requests, so 0 when idle.
+            "blocks_in_use": cache.num_blocks - round(free_fraction * cache.num_blocks) - cached_for_reuse,
             "blocks_evicted": scheduler.evicted_blocks if scheduler is not None else 0,
             "page_size": self.config.page_size,
         }
+
+    def request_maps(self) -> dict[str, int]:
+        """The size of every per-request table of the engine and its scheduler; all are 0 when no
+        request runs, so a table that is not shows a leak."""
+        sizes = {"handles": len(self._handles)}
+        scheduler = self.scheduler
+        if scheduler is not None:
+            sizes.update(
+                cached_tokens=len(scheduler.cached_tokens),
+                active=len(scheduler.active_requests),
+                waiting=len(scheduler.waiting_requests),
+                waiting_order=len(scheduler.waiting_requests_order),
+                block_tables=sum(len(a.block_table) for a in scheduler.cache.cache_allocators.values()),
+            )
+        return sizes
 
     def close(self) -> None:
         if self._closed:
@@ -232,8 +306,13 @@ class Engine:
             manager = self.manager
             output = manager.get_result(timeout=0.05)
             if output is None:
-                if not manager.is_running() and manager is self.manager and self._handles and not self._closed:
-                    self._fail_all(f"the generation loop stopped: {manager.background_thread_status.fatal_error}")
+                status = manager.background_thread_status
+                if not manager.is_running() or status.fatal_error is not None:
+                    if not manager.is_running() and manager is self.manager and self._handles and not self._closed:
+                        self._fail_all(describe_loop_error(f"the generation loop stopped: {status.fatal_error}"))
+                    # get_result returns at once from a stopped loop: wait here rather than spin a core
+                    # until the next request restarts it.
+                    time.sleep(0.05)
                 continue
             with self._lock:
                 handle = self._handles.get(output.request_id)
@@ -244,7 +323,7 @@ class Engine:
         now = time.perf_counter()
         progress = handle.progress
         if output.error is not None:
-            self._finish(handle.request_id, "error", error=str(output.error))
+            self._finish(handle.request_id, "error", error=describe_loop_error(str(output.error)))
             return
         new_ids = output.generated_tokens[len(progress.token_ids) :]
         if new_ids:
@@ -260,8 +339,8 @@ class Engine:
         if stop_at is not None:
             handle._push(text[len(progress.text) : stop_at])
             progress.text = text[:stop_at]
+            self._finish(handle.request_id, "stop_string")  # before the cancel, as in cancel()
             self.manager.cancel_request(handle.request_id)
-            self._finish(handle.request_id, "stop_string")
         elif output.is_finished():
             final_text = _decode_stable(self.tokenizer, visible_ids, final=True)
             handle._push(final_text[len(progress.text) :])

@@ -1,0 +1,329 @@
+"""Fault recovery: the daemon SIGKILLed under load, several times, and how long each editor waits
+for a served completion again.
+
+    python benchmarks/fault_recovery.py                  # the embedded model, 3 editors, 5 kills
+    python benchmarks/fault_recovery.py --config my.toml # any model config instead
+
+Several `fimble lsp` servers (one per editor window) share one daemon of the run's own. Each
+editor types a real source file at `--chars-per-s`, asking for an invoked inline completion after
+each keystroke (suggestion cache and prefetch off, so every answer comes from the model); the
+first editor also streams chat answers, one long question after another, in one session. Each
+kill comes while the chat is streaming and completions are in flight. An editor has recovered
+when a completion it asked for after the kill comes back with text: its recovery time runs from
+the kill to that answer, and includes the new daemon's start and model load, which the servers
+begin as the socket closes. At the end the chat session must hold every turn asked, the cut
+answers with the text they had streamed. Figures go to benchmarks/results/reliability.json
+(`recovery_s_max`, goal <= 5), with each kill's figures in the part's details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.lsp_text import utf16_length  # noqa: E402
+from benchmarks.reliability_results import record  # noqa: E402
+from benchmarks.typing_session import daemon_status_ready, log, start_client  # noqa: E402
+from fimble.models.daemon_client import DaemonClient  # noqa: E402
+
+# Every answer from the model: no cache, no prefetch, no abstaining, no debounce.
+SETTINGS = {"cacheSuggestions": False, "prefetch": False, "abstainBelowLogprob": None, "maxDebounceMs": 0}
+FILES = (("pathspec", "pattern.py"), ("platformdirs", "unix.py"), ("platformdirs", "api.py"))
+CHAT_QUESTION = "Explain, step by step and in detail, how a gitignore pattern is matched against a path."
+CHAT_ANSWER_TOKENS = 1500
+GIVE_UP_S = 180.0  # an editor not served again by then counts as this many seconds
+
+
+def source_text(package: str, name: str) -> str:
+    return (Path(importlib.util.find_spec(package).origin).parent / name).read_text()
+
+
+@dataclass
+class Editor:
+    """One editor window typing a file into its own `fimble lsp`."""
+
+    client: LanguageClient
+    uri: str
+    text: str
+    chars_per_s: float
+    pause_s: float
+    typed: int = 0
+    version: int = 1
+    served_at: list[float] = field(default_factory=list)  # monotonic times of answers with text
+    asked_at: list[float] = field(default_factory=list)
+    stopping: bool = False
+    pending: asyncio.Future | None = None
+    pending_id: str = ""
+
+    def document(self) -> str:
+        return self.text[: self.typed]
+
+    async def type_on(self) -> None:
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=self.uri, language_id="python", version=self.version, text=""))
+        )
+        while not self.stopping:
+            self.typed = self.typed + 1 if self.typed < len(self.text) else 1  # start over at the end
+            self.version += 1
+            self.client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
+                    content_changes=[types.TextDocumentContentChangeWholeDocument(text=self.document())],
+                )
+            )
+            self.ask()
+            # A pause after each word, as a typist makes, long enough for an answer to arrive.
+            word_end = self.text[self.typed - 1].isspace()
+            await asyncio.sleep(self.pause_s if word_end else 1 / self.chars_per_s)
+
+    def ask(self) -> None:
+        """Ask at the cursor, cancelling the request of the keystroke before, as VS Code does."""
+        if self.pending is not None and not self.pending.done():
+            self.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=self.pending_id))
+        before = self.document()
+        line_start = before.rfind("\n") + 1
+        position = types.Position(line=before.count("\n"), character=utf16_length(before[line_start:]))
+        self.pending_id = f"{self.uri}#{self.version}"
+        asked = time.monotonic()
+        self.pending = asyncio.ensure_future(
+            self.client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                types.InlineCompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri=self.uri),
+                    position=position,
+                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+                ),
+                msg_id=self.pending_id,
+            )
+        )
+        self.pending.add_done_callback(lambda done: self.on_answer(done, asked))
+
+    def on_answer(self, done: asyncio.Future, asked: float) -> None:
+        if done.cancelled() or done.exception() is not None:  # cancelled by the next keystroke
+            return
+        answer = done.result()
+        items = answer.items if isinstance(answer, types.InlineCompletionList) else answer
+        if items and any(str(item.insert_text) for item in items):
+            self.asked_at.append(asked)
+            self.served_at.append(time.monotonic())
+
+    def recovery_after(self, killed_at: float) -> float | None:
+        """Seconds from the kill to the first answer with text to a request asked after it."""
+        for asked, served in zip(self.asked_at, self.served_at):
+            if asked >= killed_at:
+                return served - killed_at
+        return None
+
+
+@dataclass
+class ChatRun:
+    """Chat answers streamed one after another in one session of the first editor."""
+
+    client: LanguageClient
+    session_id: str | None = None
+    streamed: dict[int, str] = field(default_factory=dict)  # message index -> text received
+    answers: list[dict] = field(default_factory=list)
+    chunk_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: asyncio.Future | None = None
+
+    def __post_init__(self) -> None:
+        @self.client.feature("fimble/chatChunk")
+        def on_chunk(params) -> None:
+            params = params._asdict() if hasattr(params, "_asdict") else params
+            index = params["messageIndex"]
+            self.streamed[index] = self.streamed.get(index, "") + params["text"]
+            self.chunk_seen.set()
+
+    def start(self) -> None:
+        self.chunk_seen.clear()
+        params = {"message": CHAT_QUESTION, "maxTokens": CHAT_ANSWER_TOKENS}
+        if self.session_id:
+            params["sessionId"] = self.session_id
+        self.pending = asyncio.ensure_future(self.client.protocol.send_request_async("fimble/chat", params))
+
+    async def finish(self) -> dict:
+        answer = await self.pending
+        answer = answer._asdict() if hasattr(answer, "_asdict") else dict(answer)
+        self.session_id = answer["sessionId"]
+        self.answers.append(answer)
+        return answer
+
+
+def model_config(args, root: Path) -> Path:
+    """The config file the run's daemon reads: the user's --config, the tests' tiny random-weight
+    model for every role (--tiny: recovery without the cost of loading a real model), or none (the
+    embedded model for every role)."""
+    if args.config:
+        return Path(args.config).resolve()
+    path = root / "models.toml"
+    if args.tiny:
+        from tests.conftest import build_tiny_checkpoint, write_tiny_config
+
+        write_tiny_config(path, build_tiny_checkpoint(root / "tiny"))
+    return path
+
+
+async def daemon_pid(env: dict) -> int:
+    client = DaemonClient(autostart=False)
+    try:
+        return (await client.status())["pid"]
+    finally:
+        await client.close()
+
+
+async def wait_for_ready(timeout_s: float = 900) -> None:
+    daemon = DaemonClient(autostart=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not await daemon_status_ready(daemon):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the model did not load within {timeout_s} s")
+            await asyncio.sleep(0.5)
+    finally:
+        await daemon.close()
+
+
+async def completions_running() -> int:
+    daemon = DaemonClient(autostart=False)
+    try:
+        roles = (await daemon.status())["roles"]
+        return sum(roles.get(name, {}).get("running", 0) for name in ("single_line", "multi_line"))
+    finally:
+        await daemon.close()
+
+
+async def one_kill(number: int, editors: list[Editor], chat: ChatRun, env: dict, rng: random.Random) -> dict:
+    chat.start()
+    await asyncio.wait_for(chat.chunk_seen.wait(), 300)
+    await asyncio.sleep(rng.uniform(0.3, 1.5))  # somewhere in the answer, and between keystrokes
+    in_flight = await completions_running()
+    pid = await daemon_pid(env)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    cut = await asyncio.wait_for(chat.finish(), 30)
+    await wait_for_ready(GIVE_UP_S)
+    daemon_ready_s = time.monotonic() - killed_at  # the new daemon up, its completion model loaded
+    deadline = killed_at + GIVE_UP_S
+    while any(editor.recovery_after(killed_at) is None for editor in editors) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    recovery = [editor.recovery_after(killed_at) for editor in editors]
+    figures = {
+        "kill": number,
+        "daemon_pid": pid,
+        "completions_in_flight": in_flight,
+        "chat_cut": cut["finishReason"] == "error",
+        "chat_text_kept": cut["text"] == chat.streamed.get(cut["messageIndex"], ""),
+        "daemon_ready_s": round(daemon_ready_s, 3),
+        "recovery_s": [round(s, 3) if s is not None else None for s in recovery],
+    }
+    figures["recovery_s_max"] = max((s if s is not None else GIVE_UP_S) for s in recovery)
+    log(f"kill {number}: pid {pid}, {in_flight} in flight, daemon ready {daemon_ready_s:.2f} s, editors served {figures['recovery_s']}")
+    await asyncio.sleep(2.0)  # typing goes on against the new daemon before the next kill
+    return figures
+
+
+async def chat_session_turns(client: LanguageClient, session_id: str) -> list[dict]:
+    stored = await client.protocol.send_request_async("fimble/chatSessions", {"action": "get", "sessionId": session_id})
+    stored = stored._asdict() if hasattr(stored, "_asdict") else stored
+    return [message._asdict() if hasattr(message, "_asdict") else message for message in stored["messages"]]
+
+
+async def main_async(args) -> dict:
+    texts = [source_text(package, name) for package, name in FILES]
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="fimble-faults-") as root:
+        env = dict(os.environ, FIMBLE_RUNTIME_DIR=root, FIMBLE_DATA_DIR=str(Path(root) / "data"))
+        env["FIMBLE_CONFIG"] = str(model_config(args, Path(root)))
+        os.environ.update(FIMBLE_RUNTIME_DIR=root, FIMBLE_CONFIG=env["FIMBLE_CONFIG"])
+        clients = [await start_client(SETTINGS, env) for _ in range(args.editors)]
+        editors = [
+            Editor(client, f"file://{root}/editor{i}.py", texts[i % len(texts)], args.chars_per_s, args.pause_s)
+            for i, client in enumerate(clients)
+        ]
+        chat = ChatRun(clients[0])
+        typing: list[asyncio.Task] = []
+        try:
+            await wait_for_ready()
+            log("model ready; typing")
+            typing = [asyncio.create_task(editor.type_on()) for editor in editors]
+            await asyncio.sleep(3.0)
+            kills = [await one_kill(number, editors, chat, env, rng) for number in range(1, args.kills + 1)]
+            # One more answer after the last kill: the session goes on in the last daemon.
+            chat.start()
+            closing = await asyncio.wait_for(chat.finish(), 600)
+            turns = await chat_session_turns(clients[0], chat.session_id)
+        finally:
+            for editor in editors:
+                editor.stopping = True
+            await asyncio.gather(*typing, return_exceptions=True)
+            for client in clients:
+                try:
+                    await asyncio.wait_for(client.shutdown_async(None), 10)
+                    client.exit(None)
+                except Exception:
+                    pass
+                await client.stop()
+            subprocess.run([sys.executable, "-m", "fimble", "daemon", "stop"], env=env, capture_output=True, timeout=60)
+
+    asked = len(chat.answers)
+    expected = []
+    for answer in chat.answers:
+        expected += [("user", CHAT_QUESTION, ""), ("assistant", answer["text"], answer["finishReason"])]
+    kept = [(t["role"], t["content"], t["finishReason"]) for t in turns]
+    recovery_max = max(kill["recovery_s_max"] for kill in kills)
+    all_recovery = [s for kill in kills for s in kill["recovery_s"] if s is not None]
+    details = {
+        "model": f"config {args.config}" if args.config else "tiny random-weight Qwen2 (tests/conftest.py)" if args.tiny else "embedded Qwen2.5-Coder-0.5B-Instruct",
+        "editors": args.editors,
+        "kills": kills,
+        "recovery_s_p50": round(statistics.median(all_recovery), 3) if all_recovery else None,
+        "daemon_ready_s_max": max(kill["daemon_ready_s"] for kill in kills),
+        "chat_turns_asked": 2 * asked,
+        "chat_turns_kept": len(turns),
+        "chat_session_intact": kept == expected,
+        "closing_answer_finish": closing["finishReason"],
+        "settings": {**SETTINGS, "chars_per_s": args.chars_per_s, "pause_s": args.pause_s, "seed": args.seed},
+        "load_average": os.getloadavg(),
+    }
+    command = "python benchmarks/fault_recovery.py" + (f" --config {args.config}" if args.config else " --tiny" if args.tiny else "")
+    if args.kills != 5 or args.editors != 3:
+        command += f" --kills {args.kills} --editors {args.editors}"
+    if args.record:
+        record("faults", {"recovery_s_max": round(recovery_max, 3)}, command=command, details=details)
+    return {"recovery_s_max": round(recovery_max, 3), **details}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--editors", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--chars-per-s", type=float, default=8.0)
+    parser.add_argument("--pause-s", type=float, default=1.5, help="pause after each word")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny random-weight model for every role")
+    parser.add_argument("--config", help="a model config file (default: the embedded model for every role)")
+    parser.add_argument("--no-record", dest="record", action="store_false", help="print, do not write reliability.json")
+    args = parser.parse_args()
+    import json
+
+    print(json.dumps(asyncio.run(main_async(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
