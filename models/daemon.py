@@ -208,7 +208,7 @@ class Daemon:
             writer.close()
 
     async def _dispatch(self, connection: _Connection, message: dict[str, Any]) -> None:
-        request_id = message.get("id") if isinstance(message.get("id"), int) else None
+        request_id = wire.usable_id(message.get("id"))
         try:
             request_id, request = wire.parse_request(message)
             await self._handlers[type(request)](connection, request_id, request)
@@ -292,12 +292,14 @@ class Daemon:
                 entry.update(model=engine.loaded.name, quantization=engine.loaded.quantization, device=str(engine.loaded.device))
                 entry["cache"] = engine.cache_usage()
                 entry["running"] = engine.active_requests
+                entry["request_maps"] = engine.request_maps()
             roles[role.config_name] = entry
         return {
             "pid": os.getpid(),
             "version": wire.PROTOCOL_VERSION,
             "uptime_s": round(time.time() - self._started_at, 1),
             "clients": len(self._connections),
+            "connection_handles": sum(len(connection.handles) for connection in self._connections),
             "idle_exit_s": self.config.idle_exit_s,
             "config_error": _describe(self.roles) if isinstance(self.roles, Exception) else None,
             "roles": roles,

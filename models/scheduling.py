@@ -87,6 +87,10 @@ class PriorityScheduler(Scheduler):
         with self._cancellation_lock:
             for request_id in self._requests_to_cancel:
                 self._release_deepest_blocks_first(request_id)
+                # The engine takes a request's count when it finishes the request, but a cancel can
+                # land after this loop took the request in and before it scheduled it: the count is
+                # then written after the engine looked, and only this removes it.
+                self.cached_tokens.pop(request_id, None)
         return super().clear_cancelled_requests()
 
     def _release_deepest_blocks_first(self, request_id: str) -> None:
