@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,9 +31,10 @@ from benchmarks.reliability_results import record  # noqa: E402
 from tests.conftest import build_tiny_checkpoint  # noqa: E402
 from tests.lsp_server.conftest import build_never_stopping_checkpoint, write_config  # noqa: E402
 from tests.lsp_server.stdio_fuzz import RawServer, ServerDied, Unanswered, cases, requests, run_case  # noqa: E402
-from tests.models.socket_fuzz import DaemonDied, FuzzedDaemon, NotAnswered, run_socket_case, socket_cases  # noqa: E402
+from tests.models.socket_fuzz import DaemonDied, FuzzedDaemon, InternalError, NotAnswered, run_socket_case, socket_cases  # noqa: E402
 
 CHUNK = 500
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 @dataclass
@@ -42,15 +43,19 @@ class Tally:
     requests: int = 0
     crashes: int = 0
     unanswered: int = 0
+    internal_errors: int = 0  # answered, but with a traceback in the log
     other_failures: int = 0
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     def count(self, error: BaseException, chunk_seed: int) -> None:
+        """Record the failure a chunk stopped at (hypothesis's report carries the drawn case)."""
         if isinstance(error, (ServerDied, DaemonDied)):
             self.crashes += 1
         elif isinstance(error, (Unanswered, NotAnswered)):
             self.unanswered += 1
+        elif isinstance(error, InternalError):
+            self.internal_errors += 1
         else:
             self.other_failures += 1
         self.failures.append({"seed": chunk_seed, "error": f"{type(error).__name__}: {error}"[:2000], "traceback": traceback.format_exception(error)[-3:]})
@@ -65,7 +70,8 @@ def run_chunks(name: str, total: int, tally: Tally, start: Callable, one_case: C
         for chunk_seed in range(0, total, CHUNK):
             examples = min(CHUNK, total - chunk_seed)
 
-            @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            # No shrinking: a failure that is a timeout would cost one timeout per shrink step.
+            @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
             @seed(chunk_seed)
             @given(data=st.data())
             def chunk(data):
@@ -82,7 +88,7 @@ def run_chunks(name: str, total: int, tally: Tally, start: Callable, one_case: C
             print(f"{name}: {tally.cases} cases, {tally.requests} requests, {tally.crashes} crashes, {tally.unanswered} unanswered, {time.monotonic() - started:.0f} s", flush=True)
     finally:
         stop(target)
-        tally.seconds = round(time.monotonic() - started, 1)
+        tally.seconds = round(tally.seconds + time.monotonic() - started, 1)
 
 
 def lsp_env(root: Path, runtime: str) -> dict:

@@ -124,7 +124,8 @@ def _describe(error: BaseException, type_: Any) -> str:
     if isinstance(error, KeyError):
         return "required"
     if isinstance(error, cattrs.ForbiddenExtraKeysError):
-        return f"unknown key(s) {', '.join(repr(key) for key in sorted(error.extra_fields))}"
+        # key=repr: msgpack maps may mix str and int keys, which sorted() alone cannot order.
+        return f"unknown key(s) {', '.join(repr(key) for key in sorted(error.extra_fields, key=repr))}"
     allowed = _literal_values(type_)
     if allowed:
         return f"{_shown(error)}must be one of {', '.join(repr(value) for value in allowed)}"

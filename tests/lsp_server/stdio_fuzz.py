@@ -162,9 +162,6 @@ class Case:
 
     writes: list[tuple[bytes, Any]] = field(default_factory=list)  # (bytes, request id or None)
 
-    def describe(self) -> str:
-        return "\n".join(data[:300].decode("utf-8", "replace") for data, _ in self.writes)
-
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False) | st.text(max_size=40)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
@@ -273,11 +270,14 @@ def cases(draw, server: RawServer) -> Case:
             case.writes.append((frame(draw(bad_bodies)), None))
         elif kind == "bad_header":
             case.writes.append((draw(bad_header_blocks), None))
-        else:
+        else:  # a request whose "jsonrpc" is wrong or missing
             request_id = server.next_id()
-            body = draw(st.sampled_from([{"jsonrpc": "1.0"}, {"jsonrpc": 2}, {}]))  # a wrong jsonrpc, or none
-            message = {**_message("textDocument/hover", {}, request_id), **body}
-            message = {key: value for key, value in message.items() if not (key == "jsonrpc" and body == {})}
+            message = _message("textDocument/hover", {}, request_id)
+            version = draw(st.sampled_from(["1.0", 2, None]))
+            if version is None:
+                del message["jsonrpc"]
+            else:
+                message["jsonrpc"] = version
             case.writes.append((frame(json.dumps(message).encode()), request_id))
     return case
 

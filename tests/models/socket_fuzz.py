@@ -4,13 +4,15 @@ over one or several connections, and the property every case must keep:
 - the daemon is still running;
 - every complete frame got its final reply: `ok` or `done` under the frame's id, or, for a frame
   without a usable id, an error with id null;
-- afterwards, a new connection is served a generation.
+- afterwards, a new connection is served a generation;
+- the daemon logged no traceback (bad input is refused with a message, not met by a crash inside).
 
 Used by tests/models/test_daemon_fuzz.py (a seeded subset) and benchmarks/fuzz_campaign.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -42,6 +44,11 @@ class NotAnswered(AssertionError):
     pass
 
 
+class InternalError(AssertionError):
+    """The daemon answered, but logged a traceback: a request it did not expect reached code that
+    failed, instead of being refused with a message."""
+
+
 # --- a daemon on the tiny model -------------------------------------------------------------------
 
 
@@ -53,12 +60,22 @@ class FuzzedDaemon:
         self._runtime = tempfile.TemporaryDirectory(prefix="fimble-fz-")  # AF_UNIX paths are short
         self.runtime = Path(self._runtime.name)
         env = dict(os.environ, FIMBLE_CONFIG=str(config), FIMBLE_RUNTIME_DIR=str(self.runtime), FIMBLE_CACHE_DIR=str(root / "cache"), FIMBLE_DAEMON_IDLE_S="600")
-        self.process: subprocess.Popen = start_daemon(env, self.runtime)
+        self.log = root / "daemon.log"
+        self._log_read = 0
+        self.process: subprocess.Popen = start_daemon(env, self.runtime, self.log)
         self.vocab_size = _vocab_size(tiny_checkpoint)
 
     @property
     def socket(self) -> Path:
         return self.runtime / "daemon.sock"
+
+    def assert_logged_no_traceback(self) -> None:
+        with open(self.log, errors="replace") as log:
+            log.seek(self._log_read)
+            new = log.read()
+            self._log_read = log.tell()
+        if "Traceback" in new:
+            raise InternalError(new[new.index("Traceback") :][:3000])
 
     def assert_serves_a_generation(self) -> None:
         if self.process.poll() is not None:
@@ -78,8 +95,6 @@ class FuzzedDaemon:
 
 
 def _vocab_size(checkpoint: Path) -> int:
-    import json
-
     return json.loads((checkpoint / "config.json").read_text())["vocab_size"]
 
 
@@ -100,9 +115,6 @@ _NO_REPLY = object()  # a truncated frame: the connection is closed before it is
 @dataclass
 class SocketCase:
     sends: list[Send] = field(default_factory=list)
-
-    def describe(self) -> str:
-        return "\n".join(f"#{send.connection}: {send.data[:200]!r}" for send in self.sends)
 
 
 msgpack_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20)
@@ -260,6 +272,7 @@ def run_socket_case(daemon: FuzzedDaemon, case: SocketCase) -> int:
         for client in clients:
             client.sock.close()
     daemon.assert_serves_a_generation()
+    daemon.assert_logged_no_traceback()
     return sum(send.answered_as is not _NO_REPLY for send in case.sends)
 
 

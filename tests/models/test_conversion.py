@@ -56,6 +56,7 @@ def test_a_request_frame_round_trips_through_the_wire_types():
         ({"role": "tab", "max_new_tokens": 8}, "role: unknown role 'tab'"),
         ({"role": "chat", "max_new_tokens": 8, "messages": [{"role": "tool", "content": ""}]}, "messages[0].role: 'tool' is not allowed"),
         ({"role": "chat", "max_new_tokens": 8, "temperature": 0.7}, "unknown key(s) 'temperature'"),
+        ({"role": "chat", "max_new_tokens": 8, 3: 1, "x": 2}, "unknown key(s) 'x', 3"),  # msgpack keys may be ints
         ({"max_new_tokens": 8}, "role: required"),
         ("generate", "expected a map, got str"),
     ],

@@ -21,11 +21,14 @@ from fimble.models import wire
 FIMBLE = [sys.executable, "-m", "fimble"]
 
 
-def start_daemon(env: dict, runtime_dir: Path) -> subprocess.Popen:
-    process = subprocess.Popen([*FIMBLE, "daemon", "run"], env=env, stderr=subprocess.PIPE, text=True)
+def start_daemon(env: dict, runtime_dir: Path, log: Path | None = None) -> subprocess.Popen:
+    """`fimble daemon run`. Its log goes to `log` when given: a pipe nobody reads fills up, and a
+    daemon that logs much then blocks in its next write."""
+    stderr = open(log, "w") if log is not None else subprocess.PIPE
+    process = subprocess.Popen([*FIMBLE, "daemon", "run"], env=env, stderr=stderr, text=True)
     deadline = time.monotonic() + 60
     while not (runtime_dir / "daemon.sock").exists():
-        assert process.poll() is None, process.stderr.read()
+        assert process.poll() is None, log.read_text() if log is not None else process.stderr.read()
         assert time.monotonic() < deadline, "the daemon did not open its socket"
         time.sleep(0.05)
     return process
