@@ -104,6 +104,10 @@ class RequestHandle:
         self._engine = engine
         self._deltas: queue.Queue[str | None] = queue.Queue()
         self._done = threading.Event()
+        # Held while the router applies an output and while the request is finished, whichever
+        # thread finishes it (the router, a caller's cancel, a failing loop): the result is made
+        # once, after every delta it holds was streamed, and no delta follows it.
+        self._lock = threading.RLock()
         self._result: GenerationResult | None = None
         self.submitted_at = time.perf_counter()
         self.progress = _Progress()
@@ -320,6 +324,11 @@ class Engine:
                 self._on_output(handle, output)
 
     def _on_output(self, handle: RequestHandle, output) -> None:
+        with handle._lock:
+            if not handle.done:
+                self._apply_output(handle, output)
+
+    def _apply_output(self, handle: RequestHandle, output) -> None:
         now = time.perf_counter()
         progress = handle.progress
         if output.error is not None:
@@ -359,14 +368,15 @@ class Engine:
             return
         scheduler = self.scheduler
         cached = scheduler.cached_tokens.pop(request_id, 0) if scheduler is not None else 0
-        handle._finish(GenerationResult(
-            text=handle.progress.text,
-            finish_reason=reason,
-            stats=_stats(handle, cached),
-            token_ids=tuple(handle.progress.token_ids),
-            logprobs=tuple(handle.progress.logprobs),
-            error=error,
-        ))
+        with handle._lock:
+            handle._finish(GenerationResult(
+                text=handle.progress.text,
+                finish_reason=reason,
+                stats=_stats(handle, cached),
+                token_ids=tuple(handle.progress.token_ids),
+                logprobs=tuple(handle.progress.logprobs),
+                error=error,
+            ))
 
     def _fail_all(self, message: str) -> None:
         log.error("engine failure: %s", message)

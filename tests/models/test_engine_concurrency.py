@@ -150,3 +150,28 @@ def test_stop_strings_after_text_skip_leading_whitespace():
     assert first_stop("\n\n    return x\n    y", StopRules(strings=("\n",))) == 0
     assert first_stop("\n\n    return x\n    y", StopRules(strings=("\n",), after_text=True)) == len("\n\n    return x")
     assert first_stop("\n  \n", StopRules(strings=("\n",), after_text=True)) is None  # nothing but whitespace yet
+
+
+def test_a_cancel_racing_an_output_waits_for_it_so_the_result_holds_every_streamed_delta(make_engine):
+    """The cancel lands just after the router streamed a delta and before it recorded it: the
+    result must still hold that delta, and nothing may stream after the result."""
+    engine = make_engine(page_size=16)
+    handle = engine.submit(GenerationRequest(Role.CHAT, 200, tuple(prompt_of(30, offset=3))))
+    stream = handle.stream()
+    streamed = [next(stream)]  # decoding
+    push = handle._push
+    raced = threading.Event()
+
+    def push_then_cancel(delta: str) -> None:
+        push(delta)
+        if delta and not raced.is_set():
+            raced.set()
+            canceller = threading.Thread(target=handle.cancel)
+            canceller.start()
+            canceller.join(timeout=0.5)  # with the handle's lock held by the router, it waits
+
+    handle._push = push_then_cancel
+    streamed.extend(stream)
+    result = handle.result(timeout=30)
+    assert raced.is_set() and result.finish_reason == "cancelled"
+    assert "".join(streamed) == result.text
