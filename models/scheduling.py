@@ -55,19 +55,28 @@ class PriorityScheduler(Scheduler):
     # --- ordering ------------------------------------------------------------------------------
 
     def schedule_batch(self, token_budget: int, cache_budget: int):
+        while True:
+            scheduled, allocation_failed, decode_fast_path, num_q_tokens, max_kv_read = self._schedule_candidates(
+                token_budget, cache_budget
+            )
+            if scheduled or not allocation_failed:
+                return scheduled, decode_fast_path, num_q_tokens, max_kv_read
+            # Nothing fits. Answering None makes the library evict every cached block at once
+            # (OffloadingManager.offload_requests), the shared prefix of the file being typed in with
+            # the rest; give back the least recently used few and try again instead.
+            if not self._evict_least_recently_used(blocks_per_allocator=4):
+                return None, decode_fast_path, 0, 0
+
+    def _schedule_candidates(self, token_budget: int, cache_budget: int):
         active = [s for s in self.active_requests.values() if s.status in (RequestStatus.DECODING, RequestStatus.PREFILLING)]
         waiting = [] if self.block_new_requests else [self.waiting_requests[r] for r in self.waiting_requests_order]
         # Within a priority, decoding requests go before prefills (they hold blocks and are nearly done),
         # and both go by arrival. Python's sort is stable, so arrival order survives.
         candidates = sorted(active + waiting, key=lambda s: (priority_of(s.request_id), s.status != RequestStatus.DECODING))
         removed: set[str] = set()
-        scheduled, allocation_failed, decode_fast_path, num_q_tokens, max_kv_read = self._process_candidates(
-            candidates, token_budget, cache_budget, removed
-        )
+        outcome = self._process_candidates(candidates, token_budget, cache_budget, removed)
         self._cleanup_waiting_queue(removed)
-        if not scheduled and allocation_failed:
-            return None, decode_fast_path, 0, 0
-        return scheduled, decode_fast_path, num_q_tokens, max_kv_read
+        return outcome
 
     def _infer_request_tokens(self, state: RequestState, removed: set[str]) -> list[int]:
         was_pending = state.status == RequestStatus.PENDING
@@ -80,8 +89,24 @@ class PriorityScheduler(Scheduler):
     # --- freeing and eviction ------------------------------------------------------------------
 
     def finish_request(self, request_id: str) -> None:
+        self._register_blocks_of_the_last_forward(request_id)
         self._release_deepest_blocks_first(request_id)
         super().finish_request(request_id)
+
+    def _register_blocks_of_the_last_forward(self, request_id: str) -> None:
+        """The generation loop registers the pages a forward pass completed only for requests still
+        running after it. A request that finishes in its prefill's pass (its first token is a stop
+        token, or max_new_tokens is 1) would leave its prompt out of the prefix cache, and the next
+        keystroke would prefill it all again. Only a request that finished normally: after a failed
+        forward pass its last pages may hold garbage."""
+        state = self.active_requests.get(request_id)
+        if state is None or state.status != RequestStatus.FINISHED or not self.cache.use_prefix_sharing:
+            return
+        # The last sampled token was never run through the model, so its KV is not in the cache.
+        written = (state.initial_tokens + state.generated_tokens)[: state.position_offset]
+        for allocator in self.cache.cache_allocators.values():
+            if allocator.block_table.get(request_id):
+                allocator.mark_complete_blocks(request_id, written, len(written) // allocator.tokens_per_page)
 
     def clear_cancelled_requests(self) -> list[RequestState]:
         with self._cancellation_lock:
