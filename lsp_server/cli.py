@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("lsp", help="run the language server on stdio (editors start this)")
     daemon = commands.add_parser("daemon", help="the background process that holds the models")
     daemon.add_argument("action", choices=["run", "start", "stop", "status"])
+    daemon.add_argument("--standby", action="store_true", help="with run: wait to take over when the running daemon dies")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("FIMBLE_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_stdio()
         if args.command == "daemon":
-            return run_daemon_command(args.action)
+            return run_daemon_command(args.action, args.standby)
         if args.command == "chat":
             return run_chat(args)
         if args.command == "stats":
@@ -259,7 +260,7 @@ async def _next_line(lines, interrupted) -> str | None:
     return getting.result()
 
 
-def run_daemon_command(action: str) -> int:
+def run_daemon_command(action: str, as_standby: bool = False) -> int:
     import asyncio
 
     from fimble.models import daemon, daemon_client
@@ -267,7 +268,7 @@ def run_daemon_command(action: str) -> int:
     if action == "run":
         logging.getLogger().setLevel(os.environ.get("FIMBLE_LOG", "INFO").upper())
         try:
-            daemon.run_daemon()
+            daemon.run_daemon(as_standby=as_standby)
         except daemon.DaemonAlreadyRunningError as error:
             print(f"fimble: {error}", file=sys.stderr)
             return 0
@@ -276,6 +277,8 @@ def run_daemon_command(action: str) -> int:
 
 
 async def _daemon_client_action(action: str, daemon_client) -> int:
+    import asyncio
+
     from fimble.models import wire
 
     client = daemon_client.DaemonClient(autostart=action == "start")
@@ -289,6 +292,8 @@ async def _daemon_client_action(action: str, daemon_client) -> int:
     try:
         if action == "stop":
             await client.call(wire.Shutdown(), wire.Done)
+            # Gone once it has let its standby go too, and freed the model's memory.
+            await asyncio.get_running_loop().run_in_executor(None, daemon_client.wait_exited, client.daemon_pid, 30.0)
             print("fimble: daemon stopped")
         elif action == "start":
             status = await client.status()
@@ -303,6 +308,11 @@ async def _daemon_client_action(action: str, daemon_client) -> int:
 def print_daemon_status(status: dict) -> None:
     print(f"pid {status['pid']}  protocol {status['version']}  up {status['uptime_s']:.0f} s  clients {status['clients']}  "
           f"exits after {status['idle_exit_s']:.0f} s without clients")
+    standby = status.get("standby")
+    if standby:
+        print(f"standby: pid {standby['pid']}, {standby['state']}; takes over if the daemon dies")
+    else:
+        print("standby: none (after a crash a new daemon starts from scratch)")
     if status.get("config_error"):
         print(f"config error: {status['config_error']}")
     for role, entry in status["roles"].items():

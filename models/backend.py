@@ -106,25 +106,44 @@ class ApproximateTokenizer:
 
 
 def served_model(info: ModelInfo, tokenizer: Tokenizer | None = None) -> ServedModel:
-    tokenizer = tokenizer or (ServedTokenizer(info.tokenizer_json) if info.tokenizer_json else ApproximateTokenizer())
+    tokenizer = tokenizer or (served_tokenizer(info.tokenizer_json) if info.tokenizer_json else ApproximateTokenizer())
     return ServedModel(info, tokenizer, family_named(info.family))
+
+
+@functools.lru_cache(maxsize=2)
+def served_tokenizer(tokenizer_json: str) -> ServedTokenizer:
+    """One tokenizer per tokenizer.json: roles on one model, and the same model after a daemon
+    restart, share it. Building the embedded model's takes ~0.5 s."""
+    return ServedTokenizer(tokenizer_json)
 
 
 class DaemonBackend:
     def __init__(self, client):
         self.client = client  # models.daemon_client.DaemonClient
-        self._models: dict[Role, ServedModel] = {}
+        self._models: dict[Role, asyncio.Future[ServedModel]] = {}
 
     def forget_models(self) -> None:
         """After a daemon restart the config, and so the models, may have changed."""
         self._models.clear()
 
     async def model(self, role: Role) -> ServedModel:
-        if role not in self._models:
-            from fimble.models import wire
+        """The role's model, asked of the daemon once: every keystroke's request waits on the same
+        query, and a superseded request leaves it running for the next. (One query per request
+        made the daemon build a 7 MB tokenizer.json dozens of times after each restart.) A query
+        that failed is asked again."""
+        query = self._models.get(role)
+        if query is None or (query.done() and (query.cancelled() or query.exception() is not None)):
+            query = self._models[role] = asyncio.ensure_future(self._ask_model(role))
+            query.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, if nobody waits now
+        return await asyncio.shield(query)
 
-            self._models[role] = served_model(await self.client.call(wire.ModelQuery(role), ModelInfo))
-        return self._models[role]
+    async def _ask_model(self, role: Role) -> ServedModel:
+        from fimble.models import wire
+
+        info = await self.client.call(wire.ModelQuery(role), ModelInfo)
+        # In a thread: the tokenizer's build lets go of the GIL, so keystrokes are handled meanwhile
+        # (on the event loop it held the editor's requests for ~0.5 s).
+        return await asyncio.to_thread(served_model, info)
 
     async def generate(self, request: GenerationRequest, on_chunk: ChunkCallback | None = None) -> GenerationResult:
         return await self.client.generate(request, on_chunk)

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fimble.models import wire
+from fimble.models import standby, wire
 from fimble.models.backend import model_info
 from fimble.models.conversion import unstructure
+from fimble.models.daemon_client import spawn_daemon
 from fimble.models.generation import GenerationChunk
 from fimble.models.spec import Role, RoleConfig
 
@@ -43,6 +44,8 @@ class DaemonAlreadyRunningError(RuntimeError):
 class DaemonConfig:
     # With no client connected for this long, the daemon exits and frees the model's memory.
     idle_exit_s: float = float(os.environ.get("FIMBLE_DAEMON_IDLE_S", 300))
+    # A standby daemon with torch imported takes over within a second of a crash (models/standby.py).
+    standby: bool = field(default_factory=standby.standby_enabled)
 
 
 @dataclass
@@ -106,28 +109,39 @@ class Daemon:
         self._pool_factory = pool_factory
         self.pool = None
         self._loads: dict[Role, asyncio.Future] = {}
+        self._model_infos: dict[tuple[int, Role], asyncio.Future] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fimble-daemon-load")
         self._connections: set[_Connection] = set()
         self._stats = {role: RoleStats() for role in Role}
         self._idle_since = time.monotonic()
         self._stopping = asyncio.Event()
         self._started_at = time.time()
+        self._runtime_dir: Path | None = None  # where the socket and the locks are, once serving
 
     # --- lifetime ---------------------------------------------------------------------------------
 
-    async def serve(self, path: Path | None = None) -> None:
-        """Serve until `shutdown` or the idle timeout. Raises DaemonAlreadyRunningError."""
+    async def serve(self, path: Path | None = None, takeover: standby.Takeover | None = None) -> None:
+        """Serve until `shutdown` or the idle timeout. Raises DaemonAlreadyRunningError. A standby
+        taking over already holds the lifetime lock."""
         path = path or wire.socket_path()
-        lock = _take_lifetime_lock(path.parent / "daemon.lock")
+        self._runtime_dir = path.parent
+        lock = takeover.lifetime_lock if takeover else _take_lifetime_lock(path.parent / standby.DAEMON_LOCK)
         try:
             server = await _listen_private(path, self._serve_connection)
             log.info("listening on %s (pid %d)", path, os.getpid())
+            if takeover:
+                takeover.listening()
             self._create_pool()
-            idle = asyncio.create_task(self._exit_when_idle())
+            if self.config.standby:
+                spawn_daemon(standby=True)
+            idle = asyncio.create_task(self._exit_when_idle(path))
             async with server:
                 await self._stopping.wait()
             idle.cancel()
             await self._close()
+            # Exiting on purpose: no standby may take over once the lifetime lock is released.
+            # (A daemon that dies any other way leaves the standby to take its place.)
+            await asyncio.get_running_loop().run_in_executor(None, standby.stop_standby, path.parent)
         finally:
             path.unlink(missing_ok=True)
             lock.close()
@@ -159,9 +173,16 @@ class Daemon:
                 del self._loads[role]
             raise
 
-    async def _exit_when_idle(self) -> None:
+    async def _exit_when_idle(self, path: Path) -> None:
+        """Exit after the idle timeout, or once the socket is gone (its runtime dir removed), as no
+        client can reach this daemon then."""
+        listening = path.stat().st_ino
         while True:
             await asyncio.sleep(min(5.0, self.config.idle_exit_s / 4))
+            if not _same_file(path, listening):
+                log.info("the socket %s is gone; exiting", path)
+                self._stopping.set()
+                return
             idle_for = time.monotonic() - self._idle_since
             if not self._connections and idle_for >= self.config.idle_exit_s:
                 log.info("no client for %.0f s; exiting", idle_for)
@@ -241,7 +262,17 @@ class Daemon:
     async def _model(self, connection: _Connection, request_id: int, request: wire.ModelQuery) -> None:
         """Wait for the role's model; answer with its tokenizer, so the client builds prompts itself."""
         engine = await self._engine(request.role)
-        await connection.send(wire.reply_frame(request_id, model_info(engine.loaded, request.role)))
+        info = await asyncio.shield(self._model_info(engine, request.role))
+        await connection.send(wire.reply_frame(request_id, info))
+
+    def _model_info(self, engine, role: Role) -> asyncio.Future:
+        """Made once per engine and role, in a worker thread: serialising the tokenizer takes
+        ~0.15 s (the embedded model's), which on the event loop would hold up every frame."""
+        key = (id(engine), role)
+        made = self._model_infos.get(key)
+        if made is None or (made.done() and made.exception() is not None):
+            self._model_infos[key] = asyncio.get_running_loop().run_in_executor(None, model_info, engine.loaded, role)
+        return self._model_infos[key]
 
     async def _generate(self, connection: _Connection, request_id: int, request: wire.Generate) -> None:
         generation = request.request
@@ -301,6 +332,7 @@ class Daemon:
             "clients": len(self._connections),
             "connection_handles": sum(len(connection.handles) for connection in self._connections),
             "idle_exit_s": self.config.idle_exit_s,
+            "standby": standby.standby_state(self._runtime_dir) if self._runtime_dir else None,
             "config_error": _describe(self.roles) if isinstance(self.roles, Exception) else None,
             "roles": roles,
         }
@@ -328,6 +360,13 @@ async def _stream(handle):
     threading.Thread(target=pump, name=f"fimble-stream-{handle.request_id}", daemon=True).start()
     while (delta := await deltas.get()) is not None:
         yield delta
+
+
+def _same_file(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except OSError:
+        return False
 
 
 def _describe(error: BaseException) -> str:
@@ -359,13 +398,19 @@ async def _listen_private(path: Path, handler) -> asyncio.AbstractServer:
     return server
 
 
-def run_daemon(config: DaemonConfig = DaemonConfig()) -> None:
-    """`fimble daemon run`: serve in the foreground until shutdown or idle."""
+def run_daemon(config: DaemonConfig = DaemonConfig(), as_standby: bool = False) -> None:
+    """`fimble daemon run`: serve in the foreground until shutdown or idle. `as_standby`
+    (`--standby`) first waits for the running daemon to go, and reads the config only then."""
     from fimble.models.config import ConfigError, load_role_config
 
+    takeover = None
+    if as_standby:
+        takeover = standby.wait_to_take_over(wire.socket_path().parent)
+        if takeover is None:
+            return
     try:
         roles: RoleConfig | Exception = load_role_config()
     except ConfigError as error:
         log.error("%s", error)
         roles = error
-    asyncio.run(Daemon(roles, config).serve())
+    asyncio.run(Daemon(roles, config).serve(takeover=takeover))

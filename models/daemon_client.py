@@ -22,6 +22,7 @@ from typing import Any, Callable, TypeVar
 from fimble import dirs
 from fimble.models import wire
 from fimble.models.generation import BackendError, BackendUnavailableError, GenerationChunk, GenerationRequest, GenerationResult
+from fimble.models.standby import standby_waiting
 
 T = TypeVar("T")
 
@@ -40,19 +41,19 @@ def daemon_log_path() -> Path:
     return dirs.runtime_dir() / "daemon.log"
 
 
-def spawn_daemon() -> subprocess.Popen:
-    """Start `fimble daemon run` detached from this process (its own session, output to the log),
-    so it outlives the editor window that started it."""
-    log_file = open(daemon_log_path(), "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fimble", "daemon", "run"],
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd="/",
-        env=os.environ.copy(),
-    )
+def spawn_daemon(standby: bool = False) -> subprocess.Popen:
+    """Start `fimble daemon run` (or its standby, models/standby.py) detached from this process
+    (its own session, output to the log), so it outlives the editor window or daemon that started it."""
+    with open(daemon_log_path(), "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fimble", "daemon", "run", *(["--standby"] if standby else [])],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+            env=os.environ.copy(),
+        )
 
 
 class DaemonClient:
@@ -81,18 +82,31 @@ class DaemonClient:
             if self.connected:
                 return
             path = wire.socket_path()
-            if not await self._try_open(path):
-                if not self.autostart:
-                    raise DaemonUnavailableError("the Fimble daemon is not running; start it with `fimble daemon start`")
-                await asyncio.get_running_loop().run_in_executor(None, self._start_daemon_locked, path)
-                if not await self._try_open(path):
-                    raise DaemonUnavailableError(f"the Fimble daemon started but does not answer; see {daemon_log_path()}")
-            hello = await self._call_connected(wire.Hello("fimble", os.getpid()))
+            # A daemon killed a moment ago can still take a connection, then drop it; by the second
+            # try its standby, or a new daemon, listens in its place.
+            hello = await self._open_and_greet(path) or await self._open_and_greet(path)
+            if hello is None:
+                raise DaemonUnavailableError(f"the Fimble daemon closes every connection; see {daemon_log_path()}")
             version = hello.get("version")
             if version != wire.PROTOCOL_VERSION:
                 await self._replace_old_daemon(version)
             else:
                 self.daemon_pid = wire.parse_reply(hello, wire.HelloReply).pid
+
+    async def _open_and_greet(self, path: Path) -> dict[str, Any] | None:
+        """The daemon's hello on a new connection (the daemon started first if need be), or None
+        when the daemon dropped the connection before answering."""
+        if not await self._try_open(path):
+            if not self.autostart:
+                raise DaemonUnavailableError("the Fimble daemon is not running; start it with `fimble daemon start`")
+            await asyncio.get_running_loop().run_in_executor(None, self._start_daemon_locked, path)
+            if not await self._try_open(path):
+                raise DaemonUnavailableError(f"the Fimble daemon started but does not answer; see {daemon_log_path()}")
+        try:
+            return await self._call_connected(wire.Hello("fimble", os.getpid()))
+        except DaemonUnavailableError:
+            log.info("the daemon dropped a new connection")
+            return None
 
     async def _replace_old_daemon(self, version) -> None:
         # Checked before parsing the rest: an older daemon's hello may have other fields.
@@ -121,7 +135,7 @@ class DaemonClient:
         others find it answering once they get the lock."""
         with open(dirs.runtime_dir() / "start.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if _answers(path):
+            if _answers(path) or self._standby_took_over(path):
                 return
             process = spawn_daemon()
             deadline = time.monotonic() + self.start_timeout_s
@@ -132,6 +146,16 @@ class DaemonClient:
                     raise DaemonUnavailableError(f"the Fimble daemon exited at start (code {process.returncode}); see {daemon_log_path()}:\n{_log_tail()}")
                 time.sleep(0.05)
             raise DaemonUnavailableError(f"the Fimble daemon did not start within {self.start_timeout_s:.0f} s; see {daemon_log_path()}")
+
+    def _standby_took_over(self, path: Path) -> bool:
+        """A standby daemon (models/standby.py) takes over within a second of the daemon's death,
+        or, if it was still importing torch, once that is done: sooner than a new daemon could."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while standby_waiting(path.parent) and time.monotonic() < deadline:
+            if _answers(path):
+                return True
+            time.sleep(0.02)
+        return _answers(path)
 
     async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         reason = "the Fimble daemon closed the connection"
@@ -240,6 +264,25 @@ def _wait_gone(path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while _answers(path) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def wait_exited(pid: int, timeout_s: float) -> bool:
+    """Whether process `pid` ended within the timeout (a zombie, not yet reaped, has ended)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        except OSError:  # no /proc: ask the process
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.05)
+    return False
 
 
 def _log_tail(lines: int = 15) -> str:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fimble.models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
+from fimble.models import int8
 from fimble.models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint
 from fimble.models.spec import EMBEDDED, ModelSpec, Quantization
 
@@ -112,22 +113,32 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     # A hub id already in the local hub cache loads without asking the hub: offline, that saves
     # ~50 s of connection retries. One that is not cached is downloaded, with progress.
     local_only = not Path(source).exists() and is_in_hub_cache(source)
+    # int8 weight-only models of a local checkpoint are kept quantized on disk (models/int8.py).
+    keep_quantized = quantization == "int8-weight-only" and device.type == "cpu" and Path(source).is_dir()
+    cached = int8.cache_file(Path(source), name) if keep_quantized else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **kwargs)
+        model = int8.load_cached(cached, Path(source), attention) if cached else None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **kwargs)
+            model = _quantize(model.to(device) if not quantization.startswith("bnb-") else model, quantization)
+            if cached:
+                int8.save_to_cache(model, cached)
     except OSError as error:
         raise ModelLoadError(
             f"Could not load {source!r}: {error}. Use a local checkpoint directory, a hub id that is already in the "
             "hub cache (this works offline), or the embedded default."
         ) from error
-    if not quantization.startswith("bnb-"):
-        model = model.to(device)
     model.eval()
-    if quantization == "int8-dynamic":
-        model = quantize_int8_dynamic(model)
-    elif quantization == "int8-weight-only":
-        model = quantize_int8_weight_only(model)
     return LoadedModel(model, tokenizer, spec, name, device, quantization, attention)
+
+
+def _quantize(model: PreTrainedModel, quantization: Quantization) -> PreTrainedModel:
+    if quantization == "int8-dynamic":
+        return quantize_int8_dynamic(model)
+    if quantization == "int8-weight-only":
+        return int8.quantize_int8_weight_only(model)
+    return model
 
 
 def quantize_int8_dynamic(model: PreTrainedModel) -> PreTrainedModel:
@@ -139,45 +150,6 @@ def quantize_int8_dynamic(model: PreTrainedModel) -> PreTrainedModel:
     and matched fp32 on 0 of 7 real FIM prompts (bf16: 7 of 7).
     """
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def quantize_int8_weight_only(model: PreTrainedModel) -> PreTrainedModel:
-    """The CPU default: every Linear keeps int8 weights with one scale per output channel and
-    multiplies in bf16 (gpt-fast's int8 weight-only scheme); the model runs in bf16.
-
-    Decode (one token) reads the int8 weights through torch's `_weight_int8pack_mm` kernel: half the
-    bytes of bf16, and memory bandwidth is what bounds decode. That kernel is slow for many rows
-    (72 ms against 0.5 ms for 32 tokens on a 4864x896 layer here), so prefill multiplies by a bf16
-    copy of the weights, kept beside the int8 one: 1 GB more RAM for the 0.5B model.
-    """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(parent, name, Int8WeightOnlyLinear(child))
-    return model
-
-
-class Int8WeightOnlyLinear(torch.nn.Module):
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
-        self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8))
-        self.register_buffer("scales", scales.to(torch.bfloat16))
-        # The bf16 copy used for prefill is rebuilt from the int8 weights, so both paths agree.
-        self.register_buffer("weight_bf16", self.weight_int8.to(torch.bfloat16) * self.scales[:, None])
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.bfloat16)
-        if x.numel() == x.shape[-1]:  # one row: decode
-            out = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1), self.weight_int8, self.scales)
-            out = out.reshape(*x.shape[:-1], -1)
-            out = out if self.bias is None else out + self.bias
-        else:
-            out = torch.nn.functional.linear(x, self.weight_bf16, self.bias)
-        return out.to(dtype)
 
 
 def _bnb_config(quantization: Quantization):

@@ -41,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FIMBLE_DATA_DIR"] = str(_RUN_ROOT / "data")
     os.environ["FIMBLE_CONFIG"] = str(_RUN_ROOT / "config.toml")  # absent: every role is the embedded model
     os.environ["FIMBLE_RUNTIME_DIR"] = str(_RUN_ROOT / "run")
+    # No standby daemon (models/standby.py) beside each test's daemon: its torch import would
+    # take a core for 6 s each time. tests/models/test_standby.py turns it on.
+    os.environ["FIMBLE_DAEMON_STANDBY"] = "0"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -3,6 +3,7 @@ config error reported instead of a crash, and version/status answers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -186,3 +187,38 @@ def test_a_bad_config_is_reported_not_fatal(tmp_path):
             assert not (Path(runtime) / "daemon.sock").exists()
         finally:
             process.kill()
+
+
+async def test_concurrent_requests_for_a_model_share_one_query_and_one_tokenizer(daemon, monkeypatch):
+    """Every keystroke asks for the role's model before it builds a prompt. They must share one
+    `model` query: one each made the daemon serialise, and the editor rebuild, the tokenizer per
+    keystroke after every restart, which held both event loops for seconds."""
+    from fimble.models.backend import DaemonBackend, served_tokenizer
+    from fimble.models.daemon_client import DaemonClient
+    from fimble.models.spec import Role
+
+    runtime, _, _ = daemon
+    monkeypatch.setenv("FIMBLE_RUNTIME_DIR", str(runtime))
+    client = DaemonClient(autostart=False)
+    queries: list = []
+    real_call = client.call
+
+    async def counted_call(request, reply):
+        queries.append(type(request).__name__)
+        return await real_call(request, reply)
+
+    client.call = counted_call
+    backend = DaemonBackend(client)
+    superseded = asyncio.ensure_future(backend.model(Role.SINGLE_LINE))
+    await asyncio.sleep(0)
+    superseded.cancel()  # a keystroke's request cancelled by the next: the query goes on
+    served = await asyncio.gather(*(backend.model(Role.SINGLE_LINE) for _ in range(20)))
+    assert queries == ["ModelQuery"]
+    assert all(model is served[0] for model in served)
+
+    backend.forget_models()  # as after a daemon restart: asked again, the same tokenizer is reused
+    again = await backend.model(Role.SINGLE_LINE)
+    assert queries == ["ModelQuery", "ModelQuery"]
+    assert again.tokenizer is served[0].tokenizer
+    assert served_tokenizer.cache_info().hits >= 1
+    await client.close()

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from fimble.models.cpu_attention import sdpa_fp32_on_cpu
-from fimble.models.loading import Int8WeightOnlyLinear, ModelLoadError, load_model, resolve_attention
+from fimble.models.int8 import Int8WeightOnlyLinear
+from fimble.models.loading import ModelLoadError, load_model, resolve_attention
 from fimble.models.spec import ModelSpec
 
 
 def test_int8_weight_only_linear_decode_and_prefill_paths_agree():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48, bias=True)
-    quantized = Int8WeightOnlyLinear(linear)
+    quantized = Int8WeightOnlyLinear.quantize(linear)
     dequantized = quantized.weight_int8.float() * quantized.scales.float()[:, None]
     assert (dequantized - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step, rounded
     rows = torch.randn(1, 5, 64)

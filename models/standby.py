@@ -1,0 +1,169 @@
+"""The standby daemon: a second `fimble daemon run --standby` that has already imported torch and
+transformers, waiting on the daemon's lifetime lock to take over the moment the daemon dies.
+
+    daemon, once serving ── spawn_daemon(standby=True) ──> the standby:
+        takes standby.lock (one standby at a time) and writes its pid and state in it
+        imports torch, transformers and the engine, at idle CPU priority
+        blocks on daemon.lock ... the daemon dies and the kernel releases its lock
+        listens on the socket, serves, and starts a standby of its own
+
+Why: importing torch and transformers takes 6-7 s here (6.2 s of a new daemon's 6.4-7.3 s
+before it could load even the tests' tiny model), and every editor waits through it after a
+crash. The standby has done it already. It costs what the imports hold (~330 MB RSS) and no CPU
+once they are done; the imports run at SCHED_IDLE, so they never slow the serving daemon. A
+daemon that exits on purpose (idle, `fimble daemon stop`, a protocol upgrade) stops its standby
+first, so that one does not take over.
+`FIMBLE_DAEMON_STANDBY=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+STANDBY_LOCK = "standby.lock"
+DAEMON_LOCK = "daemon.lock"
+
+
+def standby_enabled() -> bool:
+    return os.environ.get("FIMBLE_DAEMON_STANDBY", "1") != "0"
+
+
+@dataclass
+class Takeover:
+    """The locks a standby holds once the daemon is gone: the daemon's lifetime lock, kept for
+    the new daemon's life, and its own, let go once the new daemon listens (a client that finds
+    neither a standby nor a socket starts a daemon of its own)."""
+
+    lifetime_lock: IO
+    standby_lock: IO
+
+    def listening(self) -> None:
+        self.standby_lock.close()
+
+
+def wait_to_take_over(runtime_dir: Path) -> Takeover | None:
+    """Run as the standby: import what a daemon needs, then wait for the daemon's lifetime lock.
+    Returns once the daemon is gone; None when another standby is already waiting, or when the
+    runtime dir went with the daemon."""
+    standby_lock = _try_lock(runtime_dir / STANDBY_LOCK)
+    if standby_lock is None:
+        log.info("a standby is already waiting; exiting")
+        return None
+    _write_state(standby_lock, "importing")
+    started = time.monotonic()
+    _import_engine_at_idle_priority()
+    _write_state(standby_lock, "ready")
+    log.info("standby ready in %.1f s (pid %d); waiting for the daemon's lock", time.monotonic() - started, os.getpid())
+    daemon_lock = open(runtime_dir / DAEMON_LOCK, "a+")
+    fcntl.flock(daemon_lock, fcntl.LOCK_EX)  # blocks until the daemon exits, however it exits
+    if os.fstat(daemon_lock.fileno()).st_nlink == 0:
+        # The runtime dir was removed (the user logged out, a test ended): no editor can reach a
+        # daemon started here, so end the line of standbys.
+        log.info("the runtime dir %s is gone; exiting", runtime_dir)
+        return None
+    log.info("the daemon is gone: taking over")
+    return Takeover(daemon_lock, standby_lock)
+
+
+def stop_standby(runtime_dir: Path, timeout_s: float = 10.0) -> None:
+    """Called by a daemon that exits on purpose, before it lets go of its lifetime lock: ends the
+    waiting standby (its pid is in the standby lock) and waits until that lock is free, so that no
+    standby is left to take over."""
+    path = runtime_dir / STANDBY_LOCK
+    if not runtime_dir.is_dir():
+        return  # removed: a standby finds its lock file unlinked and exits (wait_to_take_over)
+    deadline = time.monotonic() + timeout_s
+    while (lock := _try_lock(path)) is None and time.monotonic() < deadline:
+        pid = _standby_pid(path)
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    if lock is None:
+        log.warning("the standby daemon did not stop within %.0f s", timeout_s)
+    else:
+        lock.close()
+
+
+def standby_waiting(runtime_dir: Path) -> bool:
+    """Whether a standby holds its lock: about to take over, or waiting to."""
+    if not runtime_dir.is_dir():
+        return False
+    lock = _try_lock(runtime_dir / STANDBY_LOCK)
+    if lock is None:
+        return True
+    lock.close()
+    return False
+
+
+def standby_state(runtime_dir: Path) -> dict | None:
+    """The waiting standby's pid and state ("importing", then "ready"), for `fimble daemon status`."""
+    if not standby_waiting(runtime_dir):
+        return None
+    path = runtime_dir / STANDBY_LOCK
+    pid = _standby_pid(path)
+    return {"pid": pid, "state": _read_lock_file(path)[1]} if pid else None
+
+
+def _import_engine_at_idle_priority() -> None:
+    """The imports in a thread of the lowest CPU priority: they take only cycles nothing else wants.
+    Threads the process starts later keep the main thread's normal priority."""
+
+    def imports() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):  # not Linux: the imports run at normal priority
+            pass
+        import fimble.models.pool  # noqa: F401  (torch, transformers and the engine)
+
+    thread = threading.Thread(target=imports, name="fimble-standby-imports")
+    thread.start()
+    thread.join()
+
+
+def _try_lock(path: Path) -> IO | None:
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _write_state(lock: IO, state: str) -> None:
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {state}\n")
+    lock.flush()
+
+
+def _read_lock_file(path: Path) -> tuple[int, str]:
+    try:
+        pid, state = path.read_text().split()
+        return int(pid), state
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def _standby_pid(path: Path) -> int | None:
+    """The pid the standby wrote, if that process is still a standby (a pid is reused once its
+    process is gone, and no other process may get the signal)."""
+    pid = _read_lock_file(path)[0]
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if pid and b"--standby" in command else None
