@@ -41,10 +41,11 @@ def postprocess(completion: str, prefix: str, suffix: str, mode: CompletionMode,
     if mode is CompletionMode.NONE:
         return ""
     around = _Surroundings(prefix, suffix, language_id)
+    lines = _keep_typed_indentation(completion.split("\n"), around)
     if mode is CompletionMode.SINGLE_LINE:
-        lines = completion.split("\n")[:1]
+        lines = lines[:1]
     else:
-        lines = _cut_at_block_end(completion.split("\n"), around)
+        lines = _cut_at_block_end(lines, around)
     if mode is CompletionMode.MULTI_LINE:
         lines = cut_where_code_below_resumes(lines, next(iter(around.lines_below), ""))
     lines = _drop_trailing_blank_lines([line.rstrip() for line in lines])
@@ -57,6 +58,30 @@ def postprocess(completion: str, prefix: str, suffix: str, mode: CompletionMode,
     if not text.strip():
         return ""
     return _keep_line_after_apart(text, around) if mode is CompletionMode.MULTI_LINE else text
+
+
+# --- The indentation typed at the cursor ---------------------------------------------------------
+
+
+def _keep_typed_indentation(lines: list[str], around: _Surroundings) -> list[str]:
+    """When only indentation precedes the cursor on its line, it was typed (by the user, or by the
+    editor after Enter), and the completion does not add to it: a first line that starts with more
+    whitespace loses it. (The 0.5B model began 11 of 150 ordinary lines of a library four or eight
+    spaces deeper than the cursor.) When the next line is as deep, the model wrote its whole block
+    too deep, and every line loses as much, so the block keeps its shape; otherwise only the first
+    line was off."""
+    typed = around.line_before
+    if not typed or typed.strip(" \t") or not lines or not lines[0].strip():
+        return lines
+    first = lines[0]
+    extra = first[: len(first) - len(first.lstrip(" \t"))]
+    if not extra:
+        return lines
+    rest = lines[1:]
+    following = next((line for line in rest if line.strip()), "")
+    if following.startswith(typed + extra):
+        rest = [line[len(extra) :] if line.startswith(extra) else line for line in rest]
+    return [first[len(extra) :], *rest]
 
 
 # --- Where a multi-line completion ends ----------------------------------------------------------

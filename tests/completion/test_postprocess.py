@@ -304,3 +304,58 @@ def test_multi_line_stops_where_the_code_below_resumes() -> None:
     suffix = "\n    for group in groups:\n        result.append(group)\n    return result\n"
     completion = "    seen = set()\n    for group in groups:\n        if group not in seen:\n            result.append(group)\n"
     assert postprocess(completion, prefix, suffix, CompletionMode.MULTI_LINE, "python") == "    seen = set()"
+
+
+# --- The indentation typed at the cursor ---------------------------------------------------------
+
+TYPED_INDENTATION_CASES = [
+    case("def area(r):\n    █\n", "    return 3.14159 * r * r", "return 3.14159 * r * r", name="four spaces deeper"),
+    case("def area(r):\n    █\n", "        return 3.14159 * r * r", "return 3.14159 * r * r", name="eight spaces deeper"),
+    case("def area(r):\n    █\n", "return 3.14159 * r * r", "return 3.14159 * r * r", name="already at the cursor"),
+    case("def area(r):\n    ret█\n", "    urn r", "    urn r", name="after code, spaces are the model's"),
+    case("█\n", "    x = 1", "    x = 1", name="column 0: nothing was typed"),
+    case("func f() {\n\t█\n}\n", "\treturn 1", "return 1", "go", name="a tab deeper"),
+]
+
+
+@pytest.mark.parametrize(("source", "completion", "expected", "language_id"), TYPED_INDENTATION_CASES)
+def test_a_completion_adds_nothing_to_the_indentation_typed_at_the_cursor(source: str, completion: str, expected: str, language_id: str) -> None:
+    assert shown(completion, source, SINGLE, language_id) == expected
+
+
+def test_a_block_written_one_level_too_deep_keeps_its_shape_at_the_cursor() -> None:
+    source = "def total(items):\n    █\n"
+    completion = "    result = 0\n        for item in items:\n            result += item.price\n        return result"
+    assert shown(completion, source, MULTI) == "result = 0\n    for item in items:\n        result += item.price\n    return result"
+
+
+def test_only_the_first_line_too_deep_leaves_the_lines_after_it_alone() -> None:
+    source = "def total(items):\n    █\n"
+    completion = "    result = 0\n    for item in items:\n        result += item.price"
+    assert shown(completion, source, MULTI) == "result = 0\n    for item in items:\n        result += item.price"
+
+
+def test_every_indented_line_of_a_real_module_comes_back_at_the_typed_indentation() -> None:
+    """Each indented line of pathspec's pattern.py, emptied after its indentation, with the model's
+    answer four spaces too deep, plainly and through line-start healing: what is shown is the
+    line's code, which puts the line back as it was."""
+    import importlib.util
+    from pathlib import Path
+
+    from fimble.models.stopping import strip_healed
+
+    text = (Path(importlib.util.find_spec("pathspec").origin).parent / "pattern.py").read_text()
+    lines = text.split("\n")
+    checked = 0
+    for number, line in enumerate(lines):
+        code = line.lstrip(" \t")
+        indentation = line[: len(line) - len(code)]
+        if not indentation or not code:
+            continue
+        prefix = "\n".join(lines[:number] + [indentation])
+        suffix = "\n" + "\n".join(lines[number + 1 :])
+        assert postprocess("    " + code, prefix, suffix, SINGLE, "python") == code.rstrip(), line
+        healed = "\n" + indentation
+        assert postprocess(strip_healed(healed + "    " + code + "\n", healed), prefix, suffix, SINGLE, "python") == code.rstrip(), line
+        checked += 1
+    assert checked > 100
