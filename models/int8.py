@@ -104,7 +104,9 @@ def cache_file(source: Path, name: str) -> Path:
     identity = [CACHE_FORMAT, torch.__version__.split("+")[0], str(source.resolve())]
     identity += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return dirs.cache_dir() / "int8" / f"{_slug(name)}-{digest}.safetensors"
+    # The name and path come first, so a new version of the checkpoint replaces only its own entry.
+    place = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+    return dirs.cache_dir() / "int8" / f"{_slug(name)}-{place}-{digest}.safetensors"
 
 
 def load_cached(path: Path, source: Path, attention: str) -> PreTrainedModel | None:
@@ -156,7 +158,7 @@ def save_to_cache(model: PreTrainedModel, path: Path) -> None:
         _remove(temporary)
         log.warning("could not keep the quantized model in %s (%s): the next load quantizes again", path.parent, error)
         return
-    for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.safetensors"):
+    for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.safetensors"):  # same name and path
         if older != path:
             _remove(older)
 

@@ -114,7 +114,9 @@ def standby_state(runtime_dir: Path) -> dict | None:
         return None
     path = runtime_dir / STANDBY_LOCK
     pid = _standby_pid(path)
-    return {"pid": pid, "state": _read_lock_file(path)[1]} if pid else None
+    # A standby that has just taken the lock has not yet written over the pid before it (which may
+    # be this daemon's own, if it was a standby itself).
+    return {"pid": pid, "state": _read_lock_file(path)[1]} if pid and pid != os.getpid() else None
 
 
 def _import_engine_at_idle_priority() -> None:

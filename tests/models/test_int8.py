@@ -79,3 +79,10 @@ def test_an_unwritable_cache_still_loads_the_model(checkpoint, tmp_path, caplog)
         loaded = load_model(int8_spec(checkpoint))
     assert "could not keep the quantized model" in caplog.text
     assert torch.isfinite(logits(loaded)).all()
+
+
+def test_two_checkpoints_of_one_name_keep_their_own_entries(checkpoint, tmp_path):
+    other = shutil.copytree(checkpoint, tmp_path / "elsewhere" / checkpoint.name)
+    load_model(int8_spec(checkpoint))
+    load_model(int8_spec(other))
+    assert len(cache_entries(tmp_path)) == 2
