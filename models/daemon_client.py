@@ -267,22 +267,28 @@ def _wait_gone(path: Path, timeout_s: float) -> None:
 
 
 def wait_exited(pid: int, timeout_s: float) -> bool:
-    """Whether process `pid` ended within the timeout (a zombie, not yet reaped, has ended)."""
+    """Whether process `pid` ended within the timeout (looked at once at least)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        except OSError:  # no /proc: ask the process
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
+    while not _exited(pid):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """A zombie, not yet reaped by its parent, has exited too."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
 
 
 def _log_tail(lines: int = 15) -> str:

@@ -24,7 +24,7 @@ from fimble.models.generation import GenerationRequest, GenerationResult, StopRu
 from fimble.models.scheduling import PriorityScheduler
 from fimble.models.spec import Role
 from tests.models.test_engine_exactness import ATOL, prompt_of, reference_greedy
-from tests.models.test_engine_request_maps import wait_until_idle
+from tests.models.test_engine_request_maps import assert_idle_and_clean
 
 PAGE = 16
 # Every wait is bounded: a deadlock fails the test instead of hanging it.
@@ -48,11 +48,6 @@ def assert_answer(result: GenerationResult, expected: tuple[tuple[int, ...], lis
     assert result.finish_reason == "length", result.error
     assert result.token_ids == tokens
     torch.testing.assert_close(torch.tensor(result.logprobs), torch.tensor(logprobs), atol=ATOL, rtol=0)
-
-
-def assert_idle_and_clean(engine: Engine) -> None:
-    assert wait_until_idle(engine) == {key: 0 for key in engine.request_maps()}
-    assert engine.cache_usage()["blocks_in_use"] == 0
 
 
 def generation_loop(engine: Engine):
@@ -291,6 +286,11 @@ def stop_request() -> GenerationRequest:
     return request(Role.SINGLE_LINE, 12, STOP_PROMPT, stop=StopRules(strings=(STOP,)))
 
 
+def streamed_and_result(handle: RequestHandle) -> tuple[str, GenerationResult]:
+    """All the text the request streamed, then its result."""
+    return "".join(handle.stream()), handle.result(timeout=TIMEOUT_S)
+
+
 def cancel_mid_output(engine: Engine, handle: RequestHandle) -> bool:
     """A client's cancel on its own thread, started while the router applies an output. Returns
     whether, once it had taken the request out of the engine's table, it still waited (on the
@@ -318,8 +318,7 @@ def test_a_cancel_landing_while_the_router_applies_the_stop_output_waits_and_kee
 
     monkeypatch.setattr(RequestHandle, "_push", push_then_cancel)
     handle = engine.submit(stop_request())
-    streamed = "".join(handle.stream())
-    result = handle.result(timeout=TIMEOUT_S)
+    streamed, result = streamed_and_result(handle)
 
     assert cancel_waited == [True], "the cancel did not wait for the router's output"
     assert result.finish_reason == "cancelled"  # it took the request out before the router's finish
@@ -347,8 +346,7 @@ def test_a_cancel_landing_while_the_router_finishes_on_the_stop_string_is_a_no_o
 
     monkeypatch.setattr(RequestHandle, "_finish", cancel_then_finish)
     handle = engine.submit(stop_request())
-    streamed = "".join(handle.stream())
-    result = handle.result(timeout=TIMEOUT_S)
+    streamed, result = streamed_and_result(handle)
 
     assert cancels_returned == [True], "the cancel waited for a result it had no part in"
     assert result.finish_reason == "stop_string"
@@ -384,8 +382,7 @@ def test_a_stop_string_racing_a_cancel_makes_one_result_with_every_streamed_delt
 
         canceller = threading.Thread(target=cancel_near_the_stop)
         canceller.start()
-        streamed = "".join(handle.stream())
-        result = handle.result(timeout=TIMEOUT_S)
+        streamed, result = streamed_and_result(handle)
         canceller.join(timeout=TIMEOUT_S)
 
         outcomes[result.finish_reason] = outcomes.get(result.finish_reason, 0) + 1
@@ -423,8 +420,7 @@ def test_without_the_handle_lock_a_cancel_mid_output_loses_a_streamed_delta(make
     engine._on_output = route_without_lock
     monkeypatch.setattr(RequestHandle, "_push", push_then_cancel)
     handle = engine.submit(stop_request())
-    streamed = "".join(handle.stream())
-    result = handle.result(timeout=TIMEOUT_S)
+    streamed, result = streamed_and_result(handle)
 
     assert hook_returned.wait(TIMEOUT_S) and cancel_waited == [False], "the cancel waited on a lock that holds nothing"
     assert result.finish_reason == "cancelled"

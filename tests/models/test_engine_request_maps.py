@@ -23,6 +23,12 @@ def wait_until_idle(engine: Engine, timeout_s: float = 30) -> dict[str, int]:
         time.sleep(0.02)
 
 
+def assert_idle_and_clean(engine: Engine) -> None:
+    """Every per-request table empty and no page held, once the loop has caught up."""
+    assert wait_until_idle(engine) == {key: 0 for key in engine.request_maps()}
+    assert engine.cache_usage()["blocks_in_use"] == 0
+
+
 def test_cancels_and_finishes_leave_no_entry_and_no_page(make_engine):
     engine = make_engine(page_size=16)
     handles = []
@@ -37,8 +43,7 @@ def test_cancels_and_finishes_leave_no_entry_and_no_page(make_engine):
     for handle in [*handles, stopped]:
         handle.result(timeout=60)
 
-    assert wait_until_idle(engine) == {key: 0 for key in engine.request_maps()}
-    assert engine.cache_usage()["blocks_in_use"] == 0
+    assert_idle_and_clean(engine)
 
 
 def test_a_cancel_between_intake_and_scheduling_leaves_no_cached_token_count(make_engine):
@@ -67,6 +72,5 @@ def test_a_cancel_between_intake_and_scheduling_leaves_no_cached_token_count(mak
     assert handle.result(timeout=30).finish_reason == "cancelled"
     assert cancelled == [handle.request_id]
 
-    assert wait_until_idle(engine) == {key: 0 for key in engine.request_maps()}
+    assert_idle_and_clean(engine)
     assert scheduler.cached_tokens == {}
-    assert engine.cache_usage()["blocks_in_use"] == 0

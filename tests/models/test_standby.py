@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from fimble.models import wire
-from fimble.models.daemon_client import DaemonClient
+from fimble.models.daemon_client import DaemonClient, wait_exited
 from fimble.models.generation import GenerationRequest, ModelInfo
 from fimble.models.spec import Role
 from fimble.models.standby import standby_waiting
 from tests.conftest import write_tiny_config
-from tests.models.test_daemon_lifecycle import _alive
 
 
 @pytest.fixture
@@ -77,8 +76,6 @@ async def test_a_daemon_stopped_on_purpose_takes_its_standby_with_it(runtime):
     await client.call(wire.Shutdown(), wire.Done)
     await client.close()
     deadline = time.monotonic() + 30
-    while (_alive(daemon) or _alive(standby)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert not _alive(standby), "the standby outlived a daemon that was stopped"
-    assert not _alive(daemon)
+    assert await asyncio.to_thread(wait_exited, standby, 30), "the standby outlived a daemon that was stopped"
+    assert await asyncio.to_thread(wait_exited, daemon, deadline - time.monotonic())
     assert not wire.socket_path().exists(), "the standby took over after a stop"
