@@ -13,8 +13,10 @@ nothing to reuse; remote warm: keystroke after keystroke. The server's own timin
 per-request lines in its log: prompt eval, eval, total; what was cached from llama-cpp-python's
 prefix-match line, or from llama-server's timings in its answer) give what was cached and how long
 the server itself took; `client_overhead_ms` is the rest of the time `complete` took: prompt
-building, HTTP and the server's web layer, streaming, postprocess. logprobs are off: llama-cpp-python computes them in
-Python at about 130 ms a token, which would swamp every other figure (the README says so too).
+building, HTTP and the server's web layer, streaming, postprocess. llama-server is sent the prompt
+as token ids (`send_token_ids`), so it does not tokenize it; llama-cpp-python's server takes text.
+logprobs are off: llama-cpp-python computes them in Python at about 130 ms a token, which would
+swamp every other figure (the README says so too).
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ def p50(rows: list[dict], key: str) -> float:
 async def run(args, server: ServerProcess, checkpoint: Path) -> dict:
     source = typed_file()
     requests = keystroke_requests(source.read_text(), args.start_line, args.keystrokes)
-    spec = ModelSpec(source=server.base_url, api_key_env=KEY_ENV, family="qwen2.5-coder", tokenizer=str(checkpoint), logprobs=False)
+    # llama-server takes the prompt as token ids, and is sent them; llama-cpp-python's server takes text.
+    ids = args.server == "llama-server"
+    spec = ModelSpec(source=server.base_url, api_key_env=KEY_ENV, family="qwen2.5-coder", tokenizer=str(checkpoint), logprobs=False, send_token_ids=ids)
     backend = CountedRemote(spec)
     timings = ServerTimings(server.log)
     try:
@@ -216,6 +220,7 @@ async def run(args, server: ServerProcess, checkpoint: Path) -> dict:
         "server": f"{SERVERS[args.server]} (llama-cpp-python {LLAMA_CPP_VERSION}'s llama.cpp; OpenAI API over HTTP on 127.0.0.1), {args.threads} threads",
         "model": EMBEDDED_MODEL_NAME,
         "logprobs": False,
+        "prompt_sent_as": "token ids" if ids else "text",
         "typed_file": f"requests/{source.name}, the first line of code from line {args.start_line + 1}",
     }
     result["goals"] = {

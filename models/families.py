@@ -32,6 +32,10 @@ class FimFormat:
             return f"{self.prefix_marker}{prefix}{self.suffix_marker}{suffix}{self.middle_marker}"
         return f"{self.suffix_marker}{suffix}{self.prefix_marker}{prefix}{self.middle_marker}"
 
+    def prefix_offset(self, suffix: str) -> int:
+        """Where the prefix starts in `render(prefix, suffix)`."""
+        return len(self.prefix_marker) if self.order == "psm" else len(self.suffix_marker) + len(suffix) + len(self.prefix_marker)
+
 
 @dataclass(frozen=True)
 class RepoFormat:

@@ -109,7 +109,7 @@ class RemoteBackend:
     async def _serve(self) -> ServedModel:
         name = self.spec.model or await self._first_listed_model()
         family = family_named(self.spec.family) if self.spec.family else detect_family(name)
-        info = ModelInfo(name=name, family=family.name, context_length=self.spec.context_length, takes_text=True, logprobs=self._logprobs)
+        info = ModelInfo(name=name, family=family.name, context_length=self.spec.context_length, takes_text=not self.spec.send_token_ids, logprobs=self._logprobs)
         return ServedModel(info, self._tokenizer(), family)
 
     def _tokenizer(self) -> Tokenizer:
@@ -198,7 +198,8 @@ class RemoteBackend:
 
     def _completion_body(self, served: ServedModel, request: GenerationRequest) -> dict[str, Any]:
         body = self._common_body(served, request, served.family.stop_strings)
-        body["prompt"] = request.prompt_text
+        # A request built without ids (the probe's) goes as text either way.
+        body["prompt"] = list(request.prompt_ids) if self.spec.send_token_ids and request.prompt_ids else request.prompt_text
         if self._logprobs:
             body["logprobs"] = 1
         return body
@@ -288,6 +289,9 @@ class RemoteBackend:
                         text = (await response.aread()).decode("utf-8", errors="replace")
                         if self._refuses_logprobs(body, response.status_code, text):
                             break  # asked again below, without
+                        # llama-cpp-python's server answers its validation errors with a 500.
+                        if isinstance(body.get("prompt"), list) and response.status_code in (400, 422, 500) and "prompt" in text:
+                            raise self._refuses_token_ids(response.status_code, text, path)
                         raise self._refused(response.status_code, text, path)
                     async for line in response.aiter_lines():
                         if (event := self._event(line, path)) is not None:
@@ -367,6 +371,12 @@ class RemoteBackend:
         if status >= 500:
             return RemoteRequestError(f"{where} failed ({status}: {detail}); see the server's log")
         return RemoteRequestError(f"{where} refused the request ({status}: {detail})")
+
+    def _refuses_token_ids(self, status: int, text: str, path: str) -> RemoteRequestError:
+        return RemoteRequestError(
+            f"{self.base_url}{path} refused the prompt as token ids ({status}: {self._redact(_error_detail(text))[:200]}); "
+            "set send_token_ids = false for this role: this server takes the prompt as text"
+        )
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.spec.api_key_env, "") if self.spec.api_key_env else ""

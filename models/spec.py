@@ -59,6 +59,10 @@ class ModelSpec:
     # Ask the server for logprobs (abstaining needs them); llama-cpp-python's server spends about
     # 130 ms a token computing them (a Python sort over the vocabulary), so it can be turned off.
     logprobs: bool = True
+    # Send the prompt as token ids from `tokenizer` instead of text, which saves the server
+    # tokenizing it on each keystroke (llama-server: about 6 ms for a 1,700-token prompt). vLLM,
+    # SGLang and llama.cpp's llama-server take ids; TGI, Ollama and llama-cpp-python's server don't.
+    send_token_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.context_length < 64:
@@ -67,6 +71,8 @@ class ModelSpec:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.send_token_ids and not self.tokenizer:
+            raise ValueError("send_token_ids needs tokenizer: the model's tokenizer (a local directory or cached hub id) makes the ids")
         if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
             raise ValueError(f"api_key_env names an environment variable, got {self.api_key_env!r}")
 

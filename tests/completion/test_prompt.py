@@ -9,17 +9,22 @@ import textwrap
 from random import Random
 
 import pytest
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from fimble.completion.prompt import (
     Cursor,
     FimBudget,
     build_fim_prompt_around,
+    encode_fim_prompt,
     prefix_window_start,
+    recent_token_starts,
+    splits_at_line_starts,
     split_at_cursor,
     suffix_window,
     token_starts,
 )
+from fimble.models.families import QWEN25_CODER, STARCODER2
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +125,34 @@ def whole_text_suffix_window(suffix: str, tokenizer, budget: FimBudget) -> str:
 def check_windows_match_whole_text_tokenization(tokenizer, cursors: int) -> None:
     budget = FimBudget()
     random = Random(7)
+    context = "<|repo_name|>demo\n<|file_sep|>demo/util.py\ndef helper():\n    return 1\n<|file_sep|>demo/main.py\n"
     for module in (textwrap, argparse):  # real files of the standard library, 500 and 2,600 lines
         text = inspect.getsource(module)
         for offset in sorted(random.sample(range(len(text)), cursors)):
             prefix, suffix = text[:offset], text[offset:]
             assert prefix_window_start(prefix, tokenizer, budget) == whole_text_window_start(prefix, tokenizer, budget), (module, offset)
             assert suffix_window(suffix, tokenizer, budget) == whole_text_suffix_window(suffix, tokenizer, budget), (module, offset)
+            prompt = build_fim_prompt_around(prefix, suffix, tokenizer, budget, context if offset % 2 else "")
+            assert prompt.token_ids == tokenizer.encode(prompt.text, add_special_tokens=False), (module, offset)
 
 
 def test_budget_windows_equal_those_of_whole_text_tokenization(tokenizer):
     check_windows_match_whole_text_tokenization(tokenizer, 60)
+
+
+def test_typing_a_line_reuses_the_tokens_around_it_and_keeps_the_windows_exact(tokenizer):
+    text = inspect.getsource(argparse)
+    line_start = text.index("\n", len(text) // 2) + 1
+    line_end = text.index("\n", line_start)
+    budget = FimBudget()
+    recent_token_starts.cache_clear()
+    for cursor in range(line_start + 1, line_end):  # each keystroke of the line, its rest not yet typed
+        prefix, suffix = text[:cursor], text[line_end:]
+        assert prefix_window_start(prefix, tokenizer, budget) == whole_text_window_start(prefix, tokenizer, budget), cursor
+        assert suffix_window(suffix, tokenizer, budget) == whole_text_suffix_window(suffix, tokenizer, budget), cursor
+    keystrokes = line_end - line_start - 1
+    # The prefix's lines above the cursor and the suffix are tokenized on the first keystroke only.
+    assert recent_token_starts.cache_info().misses == 2 and recent_token_starts.cache_info().hits == 2 * (keystrokes - 1)
 
 
 @pytest.mark.slow
@@ -137,3 +160,20 @@ def test_budget_windows_equal_those_of_whole_text_tokenization_with_qwens_tokeni
     from fimble.models.embedded import ensure_embedded_checkpoint
 
     check_windows_match_whole_text_tokenization(AutoTokenizer.from_pretrained(ensure_embedded_checkpoint(embedded_model_cache)), 150)
+
+
+def test_a_tokenizer_that_marks_the_start_of_every_text_gets_the_prompt_encoded_whole():
+    # SentencePiece-style: a "▁" before every text it is given, so a prompt encoded in pieces
+    # would carry one at each cut. The probe finds that, and the prompt is encoded whole.
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    tokenizer.train_from_iterator([inspect.getsource(textwrap)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    fim = STARCODER2.fim
+    assert not splits_at_line_starts(fast, fim)
+    prefix, suffix = "def f(a):\n    return", " a\n"
+    assert encode_fim_prompt("", prefix, suffix, fim, fast) == fast.encode(fim.render(prefix, suffix), add_special_tokens=False)
+
+
+def test_qwens_byte_level_tokenizer_may_be_encoded_in_pieces(tokenizer):
+    assert splits_at_line_starts(tokenizer, QWEN25_CODER.fim)

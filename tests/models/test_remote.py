@@ -149,6 +149,22 @@ async def test_a_server_slower_than_the_timeout_is_a_clear_error_and_the_request
     assert log.disconnects() == 1 and log.finished_generations() == 1
 
 
+async def test_a_server_that_takes_only_text_refuses_token_ids_with_a_message_that_says_what_to_set(llama_server, tiny_checkpoint):
+    # llama-cpp-python's server validates `prompt` as text; llama-server and vLLM would take the ids.
+    backend = RemoteBackend(spec_for(llama_server, send_token_ids=True, tokenizer=str(tiny_checkpoint)))
+    try:
+        assert not (await backend.model(Role.SINGLE_LINE)).info.takes_text
+        with pytest.raises(RemoteRequestError, match=r"(?s)refused the prompt as token ids \(500.*set send_token_ids = false for this role"):
+            await backend.generate(GenerationRequest(Role.SINGLE_LINE, 8, prompt_ids=(1, 2, 3), prompt_text=FIB))
+    finally:
+        await backend.close()
+
+
+def test_token_ids_need_the_models_tokenizer():
+    with pytest.raises(ValueError, match="send_token_ids needs tokenizer"):
+        ModelSpec(source="http://127.0.0.1:8080/v1", send_token_ids=True)
+
+
 async def test_a_wrong_base_url_says_what_the_source_should_be(llama_server):
     backend = RemoteBackend(spec_for(llama_server, source=llama_server.base_url.removesuffix("/v1") + "/api"))
     try:
