@@ -339,6 +339,7 @@ def run_models() -> int:
 
     roles = load_role_config()
     print(f"config: {dirs.config_file()}")
+    print_embedded_models()
     states = asyncio.run(_model_states(roles))
     for role, spec in ((role, roles.spec_for(role)) for role in Role):
         if spec.is_remote:
@@ -348,6 +349,16 @@ def run_models() -> int:
             family = f" family={spec.family}" if spec.family else ""
             print(f"{role.config_name:12} {spec.source:40} quantization={quantization} device={spec.device}{family}  [{states[role]}]")
     return 0
+
+
+def print_embedded_models() -> None:
+    """The models that install with Fimble, by the `source` that names them, and their state."""
+    from fimble.models.embedded import EMBEDDED_MODELS, embedded_checkpoint_state
+
+    print("embedded models:")
+    for source, model in EMBEDDED_MODELS.items():
+        print(f"  {source:14} {model.name}, {model.size_text}  [{embedded_checkpoint_state(model=model)}]")
+    print("roles:")
 
 
 async def _model_states(roles) -> dict:
@@ -371,11 +382,10 @@ async def _model_states(roles) -> dict:
 
 
 def local_source_state(source: str) -> str:
-    from fimble.models.embedded import embedded_checkpoint_state
-    from fimble.models.spec import EMBEDDED
+    from fimble.models.embedded import EMBEDDED_MODELS, embedded_checkpoint_state
 
-    if source == EMBEDDED:
-        return embedded_checkpoint_state()
+    if source in EMBEDDED_MODELS:
+        return embedded_checkpoint_state(model=EMBEDDED_MODELS[source])
     if Path(source).expanduser().exists():
         return "local directory"
     from fimble.models.loading import is_in_hub_cache

