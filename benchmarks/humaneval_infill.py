@@ -49,6 +49,13 @@ from benchmarks.sandbox import SandboxLimits, SandboxResult, run_python  # noqa:
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INITIALIZATION_OPTIONS = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
+
+
+def initialization_options(settings: Settings) -> dict:
+    """The server's options: never abstain, no debounce, and the latency budget if one is given
+    (None keeps the server's default, as users get it; 0 turns it off to score the model alone)."""
+    budget = {} if settings.max_latency_ms is None else {"maxLatencyMs": settings.max_latency_ms}
+    return {**INITIALIZATION_OPTIONS, **budget}
 ABSTAIN_THRESHOLDS: list[float | None] = [None, -0.1, -0.2, -0.3, -0.5, -0.75, -1.0, -1.5, -2.0]
 FIRST_REQUEST_TIMEOUT_S = 15 * 60  # the first request may convert and load the model
 REQUEST_TIMEOUT_S = 120.0
@@ -68,6 +75,7 @@ class Settings:
     request_timeout_s: float
     model_label: str | None
     server: list[str]  # the LSP server's command line
+    max_latency_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,7 @@ class FimbleSession:
                     window=types.WindowClientCapabilities(work_done_progress=True),
                 ),
                 client_info=types.ClientInfo(name="fimble-humaneval"),
-                initialization_options=INITIALIZATION_OPTIONS,
+                initialization_options=initialization_options(self.settings),
             )
         )
         self.client.initialized(types.InitializedParams())
@@ -355,12 +363,12 @@ def model_and_quantization(label: str | None) -> tuple[str, str]:
     """The single_line role's model and the quantization the server will use, resolved from the
     config the way the server resolves it. (`fimble models` prints the unresolved "auto" label.)"""
     from fimble.models.config import load_role_config
-    from fimble.models.embedded import EMBEDDED_MODEL_NAME
+    from fimble.models.embedded import EMBEDDED_MODELS
     from fimble.models.loading import ModelLoadError, resolve_device, resolve_quantization
-    from fimble.models.spec import EMBEDDED, Role
+    from fimble.models.spec import Role
 
     spec = load_role_config().spec_for(Role.SINGLE_LINE)
-    model = EMBEDDED_MODEL_NAME if spec.source == EMBEDDED else spec.source
+    model = EMBEDDED_MODELS[spec.source].name if spec.source in EMBEDDED_MODELS else spec.source
     try:
         device = resolve_device(spec)
         quantization = f"{resolve_quantization(spec, device)} on {device.type}"
@@ -384,7 +392,7 @@ def summary(single: list[TaskRecord], multi: list[TaskRecord], settings: Setting
         "request_errors": sum(r.error is not None for r in single + multi),
         "settings": {
             **{key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
-            "initialization_options": INITIALIZATION_OPTIONS,
+            "initialization_options": initialization_options(settings),
             "single_line_trigger": "Automatic, first line of the item scored",
             "multi_line_trigger": "Invoked, whole item scored",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -470,6 +478,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S)
     parser.add_argument("--model-label", default=None, help="the model name to record (default: from `fimble models`)")
     parser.add_argument("--server", default=None, help="the LSP server's command line (default: fimble lsp)")
+    parser.add_argument("--max-latency-ms", type=int, default=None, help="the latency budget (default: the server's; 0: none)")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be 1 or more")
@@ -478,6 +487,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         multi_line_seed=args.multi_line_seed, out=args.out, check_timeout_s=args.check_timeout,
         first_request_timeout_s=args.first_request_timeout, request_timeout_s=args.request_timeout,
         model_label=args.model_label, server=shlex.split(args.server) if args.server else [*fimble_command(), "lsp"],
+        max_latency_ms=args.max_latency_ms,
     )
 
 

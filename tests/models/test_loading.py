@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from fimble.models.cpu_attention import sdpa_fp32_on_cpu
+from fimble.models.engine import Engine, EngineConfig
+from fimble.models.generation import GenerationRequest
 from fimble.models.int8 import Int8WeightOnlyLinear
 from fimble.models.loading import ModelLoadError, load_model, resolve_attention
-from fimble.models.spec import ModelSpec
+from fimble.models.spec import ModelSpec, Role
+from tests.models.test_engine_exactness import reference_greedy
 
 
 def test_int8_weight_only_linear_decode_and_prefill_paths_agree():
@@ -53,7 +56,6 @@ def test_int8_weight_only_is_the_cpu_default(tiny_checkpoint):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (ModelSpec(quantization="bnb-nf4", device="cpu"), "needs a GPU"),
         (ModelSpec(device="cuda"), "torch sees no GPU"),
         (ModelSpec(source="http://localhost:8000/v1"), "is a remote server: `fimble lsp` talks to it directly"),
     ],
@@ -73,3 +75,23 @@ def test_flash_attention_falls_back_to_sdpa_without_the_package():
 
     assert importlib.util.find_spec("flash_attn") is None  # CPU machines never have it
     assert resolve_attention(ModelSpec(attention="flash_attention_2")) == "sdpa"
+
+
+@pytest.mark.parametrize("quantization, layer", [("bnb-int8", "Linear8bitLt"), ("bnb-nf4", "Linear4bit")])
+def test_bitsandbytes_loads_and_the_engine_generates_what_the_plain_model_does(tiny_checkpoint, quantization, layer):
+    # The GPU's quantized loading path, run on CPU (bitsandbytes has CPU kernels): its layers, and
+    # the engine's cached greedy decoding token for token against recomputing without a cache. In
+    # fp32: the random model's top logits lie within bf16's rounding of each other.
+    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), quantization=quantization, device="cpu", threads=1, dtype="float32"))
+    assert loaded.quantization == quantization
+    assert {type(module).__name__ for module in loaded.model.modules()} >= {layer}
+    prompt = [(7 * i) % 300 + 5 for i in range(40)]
+    tokens, _, _ = reference_greedy(loaded.model, prompt, 10)
+    engine = Engine(loaded, EngineConfig())
+    try:
+        result = engine.generate(GenerationRequest(Role.SINGLE_LINE, 10, tuple(prompt)))
+        assert result.token_ids == tokens
+        again = engine.generate(GenerationRequest(Role.SINGLE_LINE, 10, tuple(prompt)))  # from the prefix cache
+        assert again.stats.cached_tokens > 0 and again.token_ids == tokens
+    finally:
+        engine.close()
