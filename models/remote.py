@@ -289,8 +289,7 @@ class RemoteBackend:
                         text = (await response.aread()).decode("utf-8", errors="replace")
                         if self._refuses_logprobs(body, response.status_code, text):
                             break  # asked again below, without
-                        # llama-cpp-python's server answers its validation errors with a 500.
-                        if isinstance(body.get("prompt"), list) and response.status_code in (400, 422, 500) and "prompt" in text:
+                        if isinstance(body.get("prompt"), list) and wants_a_text_prompt(response.status_code, text):
                             raise self._refuses_token_ids(response.status_code, text, path)
                         raise self._refused(response.status_code, text, path)
                     async for line in response.aiter_lines():
@@ -386,6 +385,14 @@ class RemoteBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def wants_a_text_prompt(status: int, text: str) -> bool:
+    """Whether an error answer says that `prompt` must be a string: llama-cpp-python's server
+    answers "prompt ... Input should be a valid string" with a 500, and others a 400 or 422 naming
+    the field and the type (TGI "expected a string", Ollama "into ... of type string"). A prompt
+    over the context is a 400 that names neither a string nor a type."""
+    return status in (400, 422, 500) and "prompt" in text and "string" in text.lower()
 
 
 def _error_detail(text: str) -> str:

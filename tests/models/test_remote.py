@@ -13,7 +13,7 @@ import pytest
 
 from fimble.models.families import QWEN25_CODER
 from fimble.models.generation import ChatMessage, GenerationRequest, StopRules
-from fimble.models.remote import RemoteBackend, RemoteRequestError, RemoteUnavailableError, server_cached_tokens
+from fimble.models.remote import RemoteBackend, RemoteRequestError, RemoteUnavailableError, wants_a_text_prompt, server_cached_tokens
 from fimble.models.spec import ModelSpec, Role
 from tests.conftest import REMOTE_KEY_ENV
 from tests.llama_server import free_port
@@ -158,6 +158,13 @@ async def test_a_server_that_takes_only_text_refuses_token_ids_with_a_message_th
             await backend.generate(GenerationRequest(Role.SINGLE_LINE, 8, prompt_ids=(1, 2, 3), prompt_text=FIB))
     finally:
         await backend.close()
+
+
+def test_only_an_error_about_the_prompts_type_is_taken_for_a_server_that_wants_text():
+    assert wants_a_text_prompt(422, '{"error": "Failed to deserialize the JSON body: prompt: invalid type: sequence, expected a string"}')
+    # A prompt over the context (vLLM's words) is another refusal, whatever form the prompt took.
+    context = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens in the prompt"
+    assert not wants_a_text_prompt(400, context)
 
 
 def test_token_ids_need_the_models_tokenizer():
