@@ -114,7 +114,7 @@ def leading_token_starts(text: str, tokenizer: Tokenizer, needed: int) -> list[i
         if len(starts) > needed + MARGIN_TOKENS:
             return list(starts[: needed + MARGIN_TOKENS])
         length *= 2
-    return token_starts(text, tokenizer)
+    return list(recent_token_starts(text, tokenizer))
 
 
 def trailing_token_starts(text: str, tokenizer: Tokenizer, needed: int) -> list[int]:
@@ -128,7 +128,7 @@ def trailing_token_starts(text: str, tokenizer: Tokenizer, needed: int) -> list[
         if len(starts) > needed + MARGIN_TOKENS:
             return [begin + start for start in starts[MARGIN_TOKENS // 2 :]]  # not the slice's first pre-tokens
         length *= 2
-    return token_starts(text, tokenizer)
+    return token_starts_after_last_line(text, tokenizer)
 
 
 def prefix_window_start(prefix: str, tokenizer: Tokenizer, budget: FimBudget) -> int:
