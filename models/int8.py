@@ -105,8 +105,7 @@ def cache_file(source: Path, name: str) -> Path:
     identity += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     # The name and path come first, so a new version of the checkpoint replaces only its own entry.
-    place = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    return dirs.cache_dir() / "int8" / f"{_slug(name)}-{place}-{digest}.safetensors"
+    return dirs.cache_dir() / "int8" / f"{_slug(name)}-{_place(source)}-{digest}.safetensors"
 
 
 def load_cached(path: Path, source: Path, attention: str) -> PreTrainedModel | None:
@@ -147,6 +146,7 @@ def _align_decode_weights(model: PreTrainedModel) -> None:
 def save_to_cache(model: PreTrainedModel, path: Path) -> None:
     """Write atomically (a reader sees the whole file or none), and remove the entries of earlier
     versions of the same checkpoint."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     temporary = path.with_suffix(f".tmp-{os.getpid()}")
@@ -154,13 +154,25 @@ def save_to_cache(model: PreTrainedModel, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({key: tensor.contiguous() for key, tensor in model.state_dict().items()}, temporary)
         os.replace(temporary, path)
-    except OSError as error:
+    # safetensors reports a failed write (a full disk: "No space left on device") as its own
+    # SafetensorError, not as an OSError.
+    except (OSError, SafetensorError) as error:
         _remove(temporary)
         log.warning("could not keep the quantized model in %s (%s): the next load quantizes again", path.parent, error)
         return
     for older in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.safetensors"):  # same name and path
         if older != path:
             _remove(older)
+
+
+def remove_entries_of(source: Path) -> None:
+    """Remove the cache entries of the checkpoint at `source`, whatever its files were."""
+    for entry in (dirs.cache_dir() / "int8").glob(f"*-{_place(source)}-*.safetensors"):
+        _remove(entry)
+
+
+def _place(source: Path) -> str:
+    return hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
 
 
 def _remove(path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fimble.models import int8
 from fimble.models.embedded import (
     COMPLETE_MARKER,
     EMBEDDED_MODELS,
@@ -84,6 +85,26 @@ def test_a_half_written_checkpoint_is_not_used(tmp_path):
         ensure_embedded_checkpoint(cache, progress=lambda m: None, parts=parts)
     (half / COMPLETE_MARKER).write_text("done")
     assert ensure_embedded_checkpoint(cache, progress=lambda m: None, parts=parts) == half
+
+
+def test_an_earlier_conversion_and_its_quantized_copy_are_removed(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(cache))
+    current, older = checkpoint_dir(cache), checkpoint_dir(cache, version="1")
+    for folder in (current, older, checkpoint_dir(cache, QWEN25_CODER_15B, version="1")):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / COMPLETE_MARKER).write_text("done")
+    kept = [int8.cache_file(current, "qwen"), int8.cache_file(checkpoint_dir(cache, QWEN25_CODER_15B, version="1"), "qwen")]
+    removed = int8.cache_file(older, "qwen")
+    for entry in (*kept, removed):
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_bytes(b"quantized")
+    said = []
+    assert ensure_embedded_checkpoint(cache, progress=said.append) == current
+    assert not older.exists() and not removed.exists()
+    assert all(entry.exists() for entry in kept)  # the current one's, and another model's (its own call removes it)
+    assert said == [f"removing {older}, an earlier conversion"]
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,6 +81,26 @@ def test_an_unwritable_cache_still_loads_the_model(checkpoint, tmp_path, caplog)
         loaded = load_model(int8_spec(checkpoint))
     assert "could not keep the quantized model" in caplog.text
     assert torch.isfinite(logits(loaded)).all()
+
+
+def test_a_failed_write_still_loads_the_model(checkpoint, tmp_path):
+    # A file-size limit makes the cache's write fail part-way, as a full disk does ("No space left
+    # on device" in CI): safetensors raises its own error type for it, not an OSError. The limit
+    # would stop pytest's own files too, so the load runs in a process of its own.
+    script = f"""
+import resource, signal, torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+from fimble.models.loading import load_model
+from fimble.models.spec import ModelSpec
+loaded = load_model(ModelSpec(source={str(checkpoint)!r}, quantization="int8-weight-only", device="cpu", threads=1))
+print(bool(torch.isfinite(loaded.model(torch.tensor([[5, 6, 7]])).logits).all()))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
+    assert "could not keep the quantized model" in run.stderr and "File too large" in run.stderr
+    assert cache_entries(tmp_path) == [] and not list((tmp_path / "cache" / "int8").glob("*.tmp-*"))
 
 
 def test_two_checkpoints_of_one_name_keep_their_own_entries(checkpoint, tmp_path):
