@@ -66,6 +66,7 @@ PROGRESS_EVERY = 20
 class Settings:
     every: int
     limit: int | None
+    skip_single_line: bool
     skip_multi_line: bool
     multi_line_n: int
     multi_line_seed: int
@@ -406,7 +407,7 @@ def summary(single: list[TaskRecord], multi: list[TaskRecord], settings: Setting
 
 def select_tasks(settings: Settings) -> tuple[list[InfillTask], list[InfillTask]]:
     problems = load_problems()
-    single = single_line_tasks(problems)[:: settings.every][: settings.limit]
+    single = [] if settings.skip_single_line else single_line_tasks(problems)[:: settings.every][: settings.limit]
     multi = [] if settings.skip_multi_line else sample_multi_line_tasks(problems, settings.multi_line_n, settings.multi_line_seed)[: settings.limit]
     return single, multi
 
@@ -434,7 +435,8 @@ def write_results(single: list[TaskRecord], multi: list[TaskRecord], settings: S
     with open(settings.out.with_name(settings.out.stem + "_tasks.jsonl"), "w") as records_file:
         for record in single + multi:
             records_file.write(json.dumps(asdict(record)) + "\n")
-    plot_abstain_tradeoff(result, settings.out.with_suffix(".png"))
+    if single:
+        plot_abstain_tradeoff(result, settings.out.with_suffix(".png"))
     return result
 
 
@@ -469,6 +471,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--every", type=int, default=1, help="take every K-th single-line task (quick runs)")
     parser.add_argument("--limit", type=int, default=None, help="at most N tasks of each set")
+    parser.add_argument("--skip-single-line", action="store_true")
     parser.add_argument("--skip-multi-line", action="store_true")
     parser.add_argument("--multi-line-n", type=int, default=100, help="size of the seeded multi-line sample")
     parser.add_argument("--multi-line-seed", type=int, default=MULTI_LINE_SEED)
@@ -483,7 +486,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     if args.every < 1:
         parser.error("--every must be 1 or more")
     return Settings(
-        every=args.every, limit=args.limit, skip_multi_line=args.skip_multi_line, multi_line_n=args.multi_line_n,
+        every=args.every, limit=args.limit, skip_single_line=args.skip_single_line, skip_multi_line=args.skip_multi_line, multi_line_n=args.multi_line_n,
         multi_line_seed=args.multi_line_seed, out=args.out, check_timeout_s=args.check_timeout,
         first_request_timeout_s=args.first_request_timeout, request_timeout_s=args.request_timeout,
         model_label=args.model_label, server=shlex.split(args.server) if args.server else [*fimble_command(), "lsp"],

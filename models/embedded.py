@@ -23,15 +23,17 @@ values they got from an fp32 one (one rounding, the same one). Only the fp32 CPU
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from fimble import dirs
 
@@ -198,20 +200,48 @@ def ensure_embedded_checkpoint(
         _remove_older_conversions(final, progress)
         return final
     parts = parts or find_gguf_parts(model)
-    progress(f"checking {model.name} (sha256 of {model.size_text})...")
-    verify_parts(parts, model)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary dir sits beside the final one so the rename is atomic (same filesystem).
-    with tempfile.TemporaryDirectory(prefix=".converting-", dir=final.parent) as tmp:
-        staging = Path(tmp) / "checkpoint"
-        _convert_gguf(parts, Path(tmp), staging, progress)
-        (staging / COMPLETE_MARKER).write_text(f"{model.sha256}\n")
-        if final.exists():  # a leftover without the marker: never trusted, replaced
-            shutil.rmtree(final)
-        os.replace(staging, final)
+    with _conversion_lock(final, progress):
+        if is_complete_checkpoint(final):  # converted by the process we waited for
+            return final
+        _remove_interrupted_conversions(final, progress)
+        progress(f"checking {model.name} (sha256 of {model.size_text})...")
+        verify_parts(parts, model)
+        # The temporary dir sits beside the final one so the rename is atomic (same filesystem).
+        with tempfile.TemporaryDirectory(prefix=f".converting-{final.name}-", dir=final.parent) as tmp:
+            staging = Path(tmp) / "checkpoint"
+            _convert_gguf(parts, Path(tmp), staging, progress)
+            (staging / COMPLETE_MARKER).write_text(f"{model.sha256}\n")
+            if final.exists():  # a leftover without the marker: never trusted, replaced
+                shutil.rmtree(final)
+            os.replace(staging, final)
     _remove_older_conversions(final, progress)
     progress(f"{model.name} ready in {final}")
     return final
+
+
+@contextmanager
+def _conversion_lock(final: Path, progress: ProgressFn) -> Iterator[None]:
+    """One conversion of a model at a time, across processes: two editors (or a daemon and its
+    standby) starting at once would otherwise both convert, with twice the disk and RAM."""
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another process converting {final.name}...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_interrupted_conversions(final: Path, progress: ProgressFn) -> None:
+    """A conversion killed midway leaves its temporary dir (the joined GGUF alone is 0.5-1.1 GB).
+    Under the conversion lock, any such dir of this model is a dead process's."""
+    for leftover in final.parent.glob(f".converting-{final.name}-*"):
+        progress(f"removing {leftover.name}, left by an interrupted conversion")
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _remove_older_conversions(final: Path, progress: ProgressFn) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,7 +73,7 @@ def test_damaged_parts_never_reach_the_cache(tmp_path):
     with pytest.raises(EmbeddedModelError):
         ensure_embedded_checkpoint(tmp_path / "cache", progress=lambda m: None, parts=parts)
     models_dir = tmp_path / "cache" / "models"
-    assert not models_dir.exists() or not any(models_dir.iterdir())
+    assert [path for path in models_dir.iterdir() if path.is_dir()] == []  # the conversion lock's file alone
 
 
 def test_a_half_written_checkpoint_is_not_used(tmp_path):
@@ -105,6 +108,42 @@ def test_an_earlier_conversion_and_its_quantized_copy_are_removed(tmp_path, monk
     assert not older.exists() and not removed.exists()
     assert all(entry.exists() for entry in kept)  # the current one's, and another model's (its own call removes it)
     assert said == [f"removing {older}, an earlier conversion"]
+
+
+def test_what_an_interrupted_conversion_left_is_removed_by_the_next(tmp_path):
+    cache = tmp_path / "cache"
+    final = checkpoint_dir(cache)
+    leftover = final.parent / f".converting-{final.name}-k1ll3d"  # as a SIGKILLed conversion leaves it
+    other_model = final.parent / f".converting-{checkpoint_dir(cache, QWEN25_CODER_15B).name}-busy"
+    for folder in (leftover, other_model):
+        folder.mkdir(parents=True)
+        (folder / "model.gguf").write_bytes(b"half of the joined parts")
+    said = []
+    with pytest.raises(EmbeddedModelError):  # the (fake) parts fail their check, after the cleanup
+        ensure_embedded_checkpoint(cache, progress=said.append, parts=write_parts(tmp_path, [b"x"]))
+    assert not leftover.exists() and other_model.exists()
+    assert f"removing {leftover.name}, left by an interrupted conversion" in said
+
+
+def test_a_second_process_waits_for_the_conversion_under_way_and_uses_its_result(tmp_path):
+    cache = tmp_path / "cache"
+    final = checkpoint_dir(cache)
+    final.parent.mkdir(parents=True)
+    said = []
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a conversion under way, in another process
+        waiter = threading.Thread(target=lambda: said.append(ensure_embedded_checkpoint(cache, progress=said.append, parts=write_parts(tmp_path, [b"x"]))))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert said == [f"waiting for another process converting {final.name}..."]
+        final.mkdir()
+        (final / "config.json").write_text("{}")
+        (final / COMPLETE_MARKER).write_text("done")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert said[-1] == final  # the finished checkpoint, not a conversion of its own (its parts are fake)
 
 
 @pytest.mark.slow
