@@ -14,8 +14,8 @@ The GGUFs' weights are 4- to 6-bit: their metadata says file type 15 (llama.cpp'
 dequantizes them, which keeps that rounding: quality measured on it sits below what is published
 for the bf16 model (see README, Benchmarks).
 
-The checkpoint is stored in bf16 (CHECKPOINT_DTYPE), half the disk of fp32: 3.1 GB instead of
-6.2 GB for the 1.5B. The defaults lose nothing by it: the CPU's int8 weight-only path and the GPU's
+The checkpoint is stored in bf16 (CHECKPOINT_DTYPE), half the disk of fp32: 3.6 GB instead of
+6.7 GB for the 1.5B. The defaults lose nothing by it: the CPU's int8 weight-only path and the GPU's
 bf16 and bitsandbytes paths load the weights in bf16 anyway, and a bf16 file holds exactly the
 values they got from an fp32 one (one rounding, the same one). Only the fp32 CPU paths
 (`quantization = "none"` or "int8-dynamic") see bf16-rounded weights.
@@ -268,7 +268,7 @@ def _convert_gguf(parts: GgufParts, workdir: Path, staging: Path, progress: Prog
     model = AutoModelForCausalLM.from_pretrained(str(workdir), gguf_file=gguf.name, dtype=CHECKPOINT_DTYPE)
     gguf.unlink()  # the weights are in memory now: the joined file need not share the disk with the checkpoint
     progress("step 3/3: saving the checkpoint")
-    # The weights are now plain fp32 tensors; drop the GGUF marker so save_pretrained writes them as such.
+    # The weights are now plain bf16 tensors; drop the GGUF marker so save_pretrained writes them as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
