@@ -18,9 +18,10 @@ multi-row bf16 path, its decode from the int8 kernel: they can differ in a rare 
 decode tok/s of each model (through the engine) and the 1.5B's forward time by number of rows. The
 estimated speed-up is the 1.5B's plain decode time for the answer over the speculative time.
 
-The prompts are rebuilt as the product builds them in its plain case: the FIM prompt of the hole's
-document (no repository context, which these one-file tasks have none of), and the chat template
-with Fimble's system prompt and the benchmark's question.
+The prompts are rebuilt by the product's own builders, as in its plain case:
+`build_fim_prompt_around` at the hole's cursor (line-start healing included, no repository
+context, which these one-file tasks have none of), and `build_chat_prompt` for a new session
+with the benchmark's question.
 """
 
 from __future__ import annotations
@@ -48,31 +49,32 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def multi_line_sequences(tokenizer) -> list[tuple[list[int], list[int]]]:
-    from fimble.models.families import family_named
+    from fimble.completion.prompt import Cursor, build_fim_prompt_around, split_at_cursor
 
-    fim = family_named("qwen2.5-coder").fim
     tasks = {task.task_id: task for task in sample_multi_line_tasks(load_problems(), 100)}
     sequences = []
     for record in read_jsonl(TIERS / "embedded-1.5b" / "multi_line_tasks.jsonl"):
         if not record["completion"] or record["error"]:
             continue
         task = tasks[record["task_id"]]
-        lines = task.document.split("\n")
-        prefix = "\n".join(lines[: task.cursor_line]) + "\n"
-        suffix = "\n".join(lines[task.cursor_line + 1 :])
-        sequences.append(split_tokens(tokenizer, fim.render(prefix, suffix), record["completion"]))
+        prefix, suffix = split_at_cursor(task.document, Cursor(task.cursor_line, 0))
+        prompt = build_fim_prompt_around(prefix, suffix, tokenizer, token_ids=False)
+        # The model wrote the healed line start first; the completion shown has it stripped.
+        sequences.append(split_tokens(tokenizer, prompt.text, prompt.healed + record["completion"]))
     return sequences
 
 
 def chat_sequences(tokenizer) -> list[tuple[list[int], list[int]]]:
-    from fimble.chat.prompt import SYSTEM_PROMPT
+    from fimble.chat.prompt import ChatBudget, build_chat_prompt
+    from fimble.chat.session import ChatSession, Message
 
     problems = {problem.task_id: problem for problem in load_problems()}
     sequences = []
     for record in read_jsonl(TIERS / "embedded-1.5b" / "chat_tasks.jsonl"):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": QUESTION.format(prompt=problems[record["task_id"]].prompt)}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        sequences.append(split_tokens(tokenizer, prompt, record["answer"]))
+        question = Message("user", QUESTION.format(prompt=problems[record["task_id"]].prompt))
+        session = ChatSession(record["task_id"], "", 0.0, 0.0, [question], [])
+        prompt = build_chat_prompt(session, tokenizer, tokenizer.chat_template, ChatBudget(answer_tokens=512))
+        sequences.append(split_tokens(tokenizer, prompt.text, record["answer"]))
     return sequences
 
 
