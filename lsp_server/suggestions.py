@@ -8,7 +8,9 @@ flight, and the prefetch after an accepted suggestion.
     cancel it, debounce, start a new one
 
 A generation serves a newer cursor when the user only typed on from its cursor and what they typed
-agrees with what the model has written so far; any other keystroke cancels it. A prefetch is a
+agrees with what the model has written so far; any other keystroke cancels it. The editor's cancel
+of the older request comes just before the newer request, so a generation whose last waiter left
+is kept for a moment (`TAKEOVER_GRACE_S`) for the newer request to take over. A prefetch is a
 generation nobody waits for yet (it runs in the background, after what users wait for).
 
 The latency budget: a single-line answer not finished `max_latency_ms` after its keystroke is shown
@@ -26,6 +28,12 @@ from typing import Awaitable, Callable, Protocol
 from fimble.completion.service import Completion, CompletionRequest, DraftCallback, draft_completion
 from fimble.completion.suggestion_cache import SuggestionCache, rest_after
 from fimble.completion.trigger import CompletionMode
+
+
+# How long a generation whose request was cancelled waits for the next keystroke's request to take it
+# over. VS Code sends that request after its own debounce (tens of ms); the typing session's typist,
+# at 8 characters a second, 125 ms after the keystroke before.
+TAKEOVER_GRACE_S = 0.5
 
 
 class RunCompletion(Protocol):
@@ -148,15 +156,30 @@ class Suggestions:
     async def _wait(self, generation: Generation, request: CompletionRequest) -> Completion | None:
         """The generation's answer, less what was typed since it started; None when the model wrote
         something other than what the user typed. A waiter that goes (a cancelled request) stops the
-        generation when nobody else waits and it need not run on."""
+        generation when nobody else waits, none takes it over, and it need not run on."""
         generation.waiters += 1
         try:
             completion = await self._answer_within_budget(generation)
         finally:
             generation.waiters -= 1
             if generation.waiters == 0 and not generation.keep_running:
-                generation.cancel()
+                self._cancel_unless_taken_over(generation)
         return rest_after(completion, typed_since(generation.request, request))
+
+    def _cancel_unless_taken_over(self, generation: Generation) -> None:
+        """Stop a generation its last waiter left. Editors cancel the request of the keystroke before
+        ($/cancelRequest) just before they send the next keystroke's request, so with the cache on,
+        the generation is kept for a moment for that request to take over; a request it does not
+        serve cancels it at once (`_cancel_unless_serving`)."""
+        if not self.reuse:
+            generation.cancel()
+            return
+
+        def cancel_if_still_orphaned() -> None:
+            if generation.waiters == 0 and not generation.keep_running:
+                generation.cancel()
+
+        asyncio.get_running_loop().call_later(TAKEOVER_GRACE_S, cancel_if_still_orphaned)
 
     async def _wait_for_own(self, generation: Generation) -> Completion:
         """The answer of a generation started for this very request (nothing typed since)."""

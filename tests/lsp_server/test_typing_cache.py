@@ -110,25 +110,32 @@ async def test_an_accepted_suggestion_prefetches_the_next_one(lsp, daemon, local
     assert status["requests"] == before + counting.generations
 
 
-async def test_a_keystroke_that_agrees_with_the_answer_being_written_waits_for_it(fimble_env, daemon):
+@pytest.mark.parametrize("client_cancels_first", [False, True], ids=["server-supersedes", "client-cancels-first"])
+async def test_a_keystroke_that_agrees_with_the_answer_being_written_waits_for_it(fimble_env, daemon, client_cancels_first):
     """The never-stopping multi-line model writes "xxx…": typing "x" while it writes asks for the
-    same answer, so the second request waits for the first's generation instead of a new one."""
+    same answer, so the second request waits for the first's generation instead of a new one. VS
+    Code sends $/cancelRequest for the older request before the newer request; the generation
+    outlives that cancel long enough for the newer request to take it over."""
     client = await start_client(fimble_env, {**QUIET, "maxMultiLineTokens": 400})
     try:
         # How many daemon requests one such completion takes alone (line-start healing may ask
         # twice). Another text: the same one would be answered from the cache.
-        alone = "file:///work/alone.py"
+        alone = f"file:///work/alone-{client_cancels_first}.py"
         open_document(client, alone, EMPTY_BODY + "\n# alone\n")
         before = await multi_line_status(daemon)
         await client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, multi_line_request(alone))
         requests_alone = (await multi_line_status(daemon))["requests"] - before["requests"]
 
-        uri = "file:///work/inflight.py"
+        uri = f"file:///work/inflight-{client_cancels_first}.py"
         before = await multi_line_status(daemon)
         open_document(client, uri, EMPTY_BODY)
-        first = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, multi_line_request(uri)))
+        first_id = f"first-{client_cancels_first}"
+        first = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, multi_line_request(uri), msg_id=first_id))
         await wait_until(lambda s: s["running"] == 1, daemon)
         insert(client, uri, 2, 1, 4, "x")
+        if client_cancels_first:
+            client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=first_id))
+            await asyncio.sleep(0.05)  # the editor's own debounce before its next request
         second = await inline_at(client, uri, 1, 5)
         with pytest.raises(JsonRpcRequestCancelled):  # its cursor moved on
             await first
