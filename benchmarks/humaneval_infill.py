@@ -55,7 +55,7 @@ def initialization_options(settings: Settings) -> dict:
     """The server's options: never abstain, no debounce, and the latency budget if one is given
     (None keeps the server's default, as users get it; 0 turns it off to score the model alone)."""
     budget = {} if settings.max_latency_ms is None else {"maxLatencyMs": settings.max_latency_ms}
-    return {**INITIALIZATION_OPTIONS, **budget}
+    return {**INITIALIZATION_OPTIONS, **budget, **settings.server_options}
 ABSTAIN_THRESHOLDS: list[float | None] = [None, -0.1, -0.2, -0.3, -0.5, -0.75, -1.0, -1.5, -2.0]
 FIRST_REQUEST_TIMEOUT_S = 15 * 60  # the first request may convert and load the model
 REQUEST_TIMEOUT_S = 120.0
@@ -77,6 +77,7 @@ class Settings:
     model_label: str | None
     server: list[str]  # the LSP server's command line
     max_latency_ms: int | None = None
+    server_options: dict = field(default_factory=dict)  # more initializationOptions (benchmarks/candidates.py)
 
 
 @dataclass(frozen=True)
@@ -121,18 +122,20 @@ def apply_answer(task: InfillTask, answer: Answer) -> str:
     return replace_range(task.document, answer.start or cursor, answer.end or cursor, scored_text(task, answer))
 
 
-def answer_from_result(result: Any, latency_s: float) -> Answer:
-    """The first item of an inlineCompletion result (a list of items or an InlineCompletionList)."""
+def answers_from_result(result: Any, latency_s: float) -> list[Answer]:
+    """Every item of an inlineCompletion result, in order; one empty Answer when there is none."""
     items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
     if not items:
-        return Answer("", None, None, None, latency_s)
-    item = items[0]
-    text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
-    start = end = None
-    if item.range is not None:
-        start = Position(item.range.start.line, item.range.start.character)
-        end = Position(item.range.end.line, item.range.end.character)
-    return Answer(text, start, end, mean_logprob_of(item.command), latency_s)
+        return [Answer("", None, None, None, latency_s)]
+    answers = []
+    for item in items:
+        text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
+        start = end = None
+        if item.range is not None:
+            start = Position(item.range.start.line, item.range.start.character)
+            end = Position(item.range.end.line, item.range.end.character)
+        answers.append(Answer(text, start, end, mean_logprob_of(item.command), latency_s))
+    return answers
 
 
 def mean_logprob_of(command: types.Command | None) -> float | None:
@@ -243,6 +246,10 @@ class FimbleSession:
         return uri
 
     async def complete(self, task: InfillTask) -> Answer:
+        return (await self.complete_all(task))[0]
+
+    async def complete_all(self, task: InfillTask) -> list[Answer]:
+        """Every item the server offers for the task (one empty Answer when it offers none)."""
         uri = self.show(task)
         trigger = types.InlineCompletionTriggerKind.Automatic if task.kind == "single_line" else types.InlineCompletionTriggerKind.Invoked
         params = types.InlineCompletionParams(
@@ -260,13 +267,13 @@ class FimbleSession:
             result = await asyncio.wait_for(request, timeout=timeout)
         except asyncio.TimeoutError:
             self.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=request_id))
-            return Answer("", None, None, None, time.perf_counter() - started, error=f"no answer within {timeout:.0f} s")
+            return [Answer("", None, None, None, time.perf_counter() - started, error=f"no answer within {timeout:.0f} s")]
         except Exception as error:  # an error response; the server keeps running
             if self.client.stopped:
                 raise RuntimeError(f"the server exited; see {self.server_log}") from error
-            return Answer("", None, None, None, time.perf_counter() - started, error=repr(error))
+            return [Answer("", None, None, None, time.perf_counter() - started, error=repr(error))]
         self.answered_once = True
-        return answer_from_result(result, time.perf_counter() - started)
+        return answers_from_result(result, time.perf_counter() - started)
 
 
 def fimble_command() -> list[str]:

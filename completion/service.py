@@ -36,6 +36,7 @@ class CompletionSettings:
     budget: FimBudget = FimBudget()
     # Repository context in front of the FIM prompt (context/retrieve.py); 0 turns it off.
     context_tokens: int = 1024
+    candidates: int = 1  # suggestions per request (GenerationRequest.candidates)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Completion:
     error: str = ""  # empty_because "model": what failed
     warnings: tuple[str, ...] = ()  # about the model serving this mode (an instruct model asked for FIM)
     from_cache: bool = False  # the rest of an earlier suggestion (completion/suggestion_cache.py)
+    # The other candidates for the cursor, after `text`: each shown, distinct and non-empty.
+    alternatives: tuple[str, ...] = ()
 
 
 # Given the tokenizer (to count the budget), the budget and the model family's repository format,
@@ -191,16 +194,34 @@ def shown_completion(
     files: tuple[str, ...],
     warnings: tuple[str, ...],
 ) -> Completion:
-    """What of the model's answer is shown: healed, postprocessed, or nothing when it is unsure."""
+    """What of the model's answer is shown: healed, postprocessed, or nothing when it is unsure.
+    With candidates, the first answer that is shown leads and the others follow it."""
     if result.finish_reason == "error":
         return Completion("", mode, result.mean_logprob, "model", result.stats, files, result.error or "the model failed", warnings)
+    texts: list[str] = []
+    for answer in (result, *result.alternatives):
+        text, _ = shown_text(answer, prompt, mode, request, settings)
+        if text and text not in texts:
+            texts.append(text)
+    if not texts:
+        _, empty_because = shown_text(result, prompt, mode, request, settings)
+        return Completion("", mode, result.mean_logprob, empty_because, result.stats, files, warnings=warnings)
+    return Completion(texts[0], mode, result.mean_logprob, "", result.stats, files, warnings=warnings, alternatives=tuple(texts[1:]))
+
+
+def shown_text(
+    result: GenerationResult, prompt: FimPrompt, mode: CompletionMode, request: CompletionRequest, settings: CompletionSettings
+) -> tuple[str, str]:
+    """One answer's text as shown, and why it is empty ("abstained", "postprocess") when it is."""
+    if result.finish_reason == "error":
+        return "", "model"
     raw = without_control_characters(strip_healed(result.text, prompt.healed))
     text = postprocess(raw, request.prefix, request.suffix, mode, request.language_id)
     # A completion the user asked for is shown even when the model is unsure.
     threshold = None if request.explicit else settings.abstain_below_logprob
     if text and threshold is not None and result.mean_logprob is not None and result.mean_logprob < threshold:
-        return Completion("", mode, result.mean_logprob, "abstained", result.stats, files, warnings=warnings)
-    return Completion(text, mode, result.mean_logprob, "" if text else "postprocess", result.stats, files, warnings=warnings)
+        return "", "abstained"
+    return text, "" if text else "postprocess"
 
 
 def generation_request(
@@ -220,7 +241,9 @@ def generation_request(
         block_end=None if single else block_end_for(prompt.healed, request.prefix, request.suffix),
     )
     max_new_tokens = settings.max_single_line_tokens if single else settings.max_multi_line_tokens
-    return GenerationRequest(ROLE_FOR_MODE[mode], max_new_tokens, tuple(prompt.token_ids), prompt.text, stop=stop, background=background)
+    return GenerationRequest(
+        ROLE_FOR_MODE[mode], max_new_tokens, tuple(prompt.token_ids), prompt.text, stop=stop, background=background, candidates=settings.candidates
+    )
 
 
 def context_files(context: str, repo: RepoFormat | None) -> tuple[str, ...]:

@@ -44,7 +44,8 @@ def rest_after(completion: Completion, typed: str) -> Completion | None:
     if not typed:
         return completion
     if completion.text.startswith(typed) and len(typed) < len(completion.text):
-        return dataclasses.replace(completion, text=completion.text[len(typed) :], from_cache=True)
+        others = tuple(other[len(typed) :] for other in completion.alternatives if other.startswith(typed) and len(typed) < len(other))
+        return dataclasses.replace(completion, text=completion.text[len(typed) :], from_cache=True, alternatives=others)
     return None
 
 

@@ -381,9 +381,12 @@ async def inline_completion(ls: FimbleServer, params: types.InlineCompletionPara
     if completion is None or not completion.text:
         return types.InlineCompletionList(items=[])
     here = types.Range(start=params.position, end=params.position)
-    record = acceptance_record(completion, params.text_document.uri, params.position)
-    accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record])
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=completion.text, range=here, command=accepted)])
+    items = []
+    for text in (completion.text, *completion.alternatives):
+        record = acceptance_record(completion, params.text_document.uri, params.position, text)
+        accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record])
+        items.append(types.InlineCompletionItem(insert_text=text, range=here, command=accepted))
+    return types.InlineCompletionList(items=items)
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
@@ -397,20 +400,21 @@ async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
     completion = await ls.complete_at(params.text_document.uri, params.position, explicit)
     if completion is None or not completion.text:
         return types.CompletionList(is_incomplete=True, items=[])
-    first_line = completion.text.strip().splitlines()[0]
-    item = types.CompletionItem(
-        label=first_line[:60],
-        kind=types.CompletionItemKind.Text,
-        detail="Fimble",
-        text_edit=types.TextEdit(range=types.Range(start=params.position, end=params.position), new_text=completion.text),
-        # Clients filter items by the word before the cursor; the completion continues it.
-        filter_text=completion.text,
-        sort_text="0",
-        command=types.Command(
-            title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion, params.text_document.uri, params.position)]
-        ),
-    )
-    return types.CompletionList(is_incomplete=True, items=[item])
+    here = types.Range(start=params.position, end=params.position)
+    items = []
+    for rank, text in enumerate((completion.text, *completion.alternatives)):
+        record = acceptance_record(completion, params.text_document.uri, params.position, text)
+        items.append(types.CompletionItem(
+            label=(text.strip().splitlines() or [text])[0][:60],
+            kind=types.CompletionItemKind.Text,
+            detail="Fimble",
+            text_edit=types.TextEdit(range=here, new_text=text),
+            # Clients filter items by the word before the cursor; the completion continues it.
+            filter_text=text,
+            sort_text=str(rank),
+            command=types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record]),
+        ))
+    return types.CompletionList(is_incomplete=True, items=items)
 
 
 @server.command(ACCEPTED_COMMAND)
@@ -420,10 +424,10 @@ def accepted(ls: FimbleServer, *args) -> None:
         ls.suggestion_accepted(args[0])
 
 
-def acceptance_record(completion: Completion, uri: str, position: types.Position) -> dict:
+def acceptance_record(completion: Completion, uri: str, position: types.Position, text: str | None = None) -> dict:
     """What the editor hands back when the user accepts: where and what was accepted (for the
     prefetch and the acceptance statistics), read also by benchmarks/humaneval_infill.py for the
-    abstain trade-off."""
+    abstain trade-off. `text` is the candidate's, when it is not the first."""
     return {
         "mode": completion.mode.value,
         "meanLogprob": completion.mean_logprob,
@@ -431,7 +435,7 @@ def acceptance_record(completion: Completion, uri: str, position: types.Position
         "uri": uri,
         "line": position.line,
         "character": position.character,
-        "text": completion.text,
+        "text": completion.text if text is None else text,
         "fromCache": completion.from_cache,
     }
 

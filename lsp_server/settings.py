@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fimble.models.conversion import ConversionError, structure
+from fimble.models.generation import MAX_CANDIDATES
 
 # HumanEval single-line infilling through the LSP (benchmarks/humaneval_infill.py): see the README's
 # abstain table for what each threshold keeps and how precise it is.
@@ -44,6 +45,10 @@ class Settings:
     # written so far, cut after its last whole word (the rest comes from the cache when the user
     # types on); 0 waits for the whole line.
     max_latency_ms: int = DEFAULT_MAX_LATENCY_MS
+    # Suggestions offered per request (VS Code cycles them with Alt+] and Alt+[): the greedy one,
+    # and the greedy continuations of the next-best first tokens. Local models only; see the
+    # README's candidates section for what each costs.
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_debounce_ms", "context_tokens", "max_latency_ms"):
@@ -52,6 +57,8 @@ class Settings:
         for name in ("max_single_line_tokens", "max_multi_line_tokens", "prefix_tokens", "suffix_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(f"candidates must be from 1 to {MAX_CANDIDATES}")
 
     def completion(self):
         from fimble.completion.prompt import FimBudget
@@ -64,6 +71,7 @@ class Settings:
             max_multi_line_tokens=self.max_multi_line_tokens,
             budget=FimBudget(prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens),
             context_tokens=self.context_tokens,
+            candidates=self.candidates,
         )
 
 

@@ -6,10 +6,17 @@ scheduler, a paged prefix KV cache, stop rules, cancellation, streaming and per-
         -> RequestHandle.stream() / .result() -> GenerationResult
 
 Requests and results are the generation contract's types (models/generation.py).
+
+Candidates: a request that wants several answers has its first step's top-k recorded
+(models/first_tokens.py). When its first token arrives, each next-best first token becomes a branch:
+a request of its own for the prompt plus that token, continued greedily, whose first pages come from
+the prefix cache. The request's handle finishes once its branches have, with their results as its
+`alternatives`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -22,7 +29,8 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from fimble.models.generation import FinishReason, GenerationRequest, GenerationResult, GenerationStats
+from fimble.models.first_tokens import FirstTokenChoices
+from fimble.models.generation import FinishReason, GenerationRequest, GenerationResult, GenerationStats, TokenChoice
 from fimble.models.loading import LoadedModel
 from fimble.models.scheduling import SCHEDULER_NAME, PriorityScheduler, priority_for, request_id_for
 from fimble.models.stopping import first_stop, streamable_length
@@ -98,10 +106,16 @@ class _Progress:
 class RequestHandle:
     """A submitted request: stream its text, wait for its result, or cancel it."""
 
-    def __init__(self, engine: Engine, request_id: str, request: GenerationRequest):
+    def __init__(self, engine: Engine, request_id: str, request: GenerationRequest, branch_point: TokenChoice | None = None):
         self.request_id = request_id
         self.request = request
         self._engine = engine
+        # A branch (candidates): its first token was chosen, and is the prompt's last one.
+        self.branch_point = branch_point
+        self.branches: list[RequestHandle] = []
+        self.parent: RequestHandle | None = None
+        self._own_result: GenerationResult | None = None  # finished, its branches maybe not yet
+        self.branched = False
         self._deltas: queue.Queue[str | None] = queue.Queue()
         self._done = threading.Event()
         # Held while the router applies an output and while the request is finished, whichever
@@ -124,7 +138,10 @@ class RequestHandle:
         return self._result
 
     def cancel(self) -> None:
+        """Stop it, and its branches (which may run on after it finished)."""
         self._engine.cancel(self.request_id)
+        for branch in list(self.branches):
+            branch.cancel()
 
     @property
     def done(self) -> bool:
@@ -150,6 +167,7 @@ class Engine:
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
+        self.first_tokens = FirstTokenChoices()
         self.manager = self._start_manager()
         self._router = threading.Thread(target=self._route_outputs, name="fimble-router", daemon=True)
         self._router.start()
@@ -169,6 +187,7 @@ class Engine:
                 use_cuda_graph=False,
             ),
         )
+        self.first_tokens.install(manager.logit_processor)
         # The manager's loop thread copies the caller's inference mode; start it inside one.
         with torch.inference_mode():
             manager.start()
@@ -216,10 +235,15 @@ class Engine:
                 f"cache's {self.cache_capacity_tokens} tokens; shorten the prompt, or lower the model's context_length "
                 "in config.toml so prompts are budgeted to fit"
             )
+        return self._add(request)
+
+    def _add(self, request: GenerationRequest, branch_point: TokenChoice | None = None) -> RequestHandle:
         request_id = request_id_for(priority_for(request), next(self._serial))
-        handle = RequestHandle(self, request_id, request)
+        handle = RequestHandle(self, request_id, request, branch_point)
         with self._lock:
             self._handles[request_id] = handle
+        if request.candidates > 1:
+            self.first_tokens.want(request_id, request.candidates)
         self.manager.add_request(
             list(request.prompt_ids),
             request_id=request_id,
@@ -228,6 +252,26 @@ class Engine:
             eos_token_id=list(request.stop.token_ids) or -1,
         )
         return handle
+
+    def _start_branches(self, parent: RequestHandle) -> None:
+        """At the parent's first token: a branch for each next-best first token, up to the
+        candidates asked for. A token that ends the answer at once (a stop token, or a stop string
+        within it) would be an empty answer, so it gets none."""
+        request = parent.request
+        choices = self.first_tokens.take(parent.request_id)
+        if request.max_new_tokens < 2:
+            return
+        first = parent.progress.token_ids[0]
+        others = [choice for choice in choices if choice.token_id != first][: request.candidates - 1]
+        for choice in others:
+            if choice.token_id in request.stop.token_ids or first_stop(_decode_stable(self.tokenizer, [choice.token_id]), request.stop) is not None:
+                continue
+            branch = self._add(
+                dataclasses.replace(request, prompt_ids=request.prompt_ids + (choice.token_id,), max_new_tokens=request.max_new_tokens - 1, candidates=1),
+                branch_point=choice,
+            )
+            branch.parent = parent
+            parent.branches.append(branch)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return self.submit(request).result()
@@ -276,7 +320,7 @@ class Engine:
     def request_maps(self) -> dict[str, int]:
         """The size of every per-request table of the engine and its scheduler; all are 0 when no
         request runs, so a table that is not shows a leak."""
-        sizes = {"handles": len(self._handles)}
+        sizes = {"handles": len(self._handles), "first_tokens": len(self.first_tokens)}
         scheduler = self.scheduler
         if scheduler is not None:
             sizes.update(
@@ -325,7 +369,7 @@ class Engine:
 
     def _on_output(self, handle: RequestHandle, output) -> None:
         with handle._lock:
-            if not handle.done:
+            if handle._own_result is None:
                 self._apply_output(handle, output)
 
     def _apply_output(self, handle: RequestHandle, output) -> None:
@@ -334,12 +378,17 @@ class Engine:
         if output.error is not None:
             self._finish(handle.request_id, "error", error=describe_loop_error(str(output.error)))
             return
-        new_ids = output.generated_tokens[len(progress.token_ids) :]
+        point = handle.branch_point
+        generated = ([point.token_id] if point else []) + list(output.generated_tokens)
+        new_ids = generated[len(progress.token_ids) :]
         if new_ids:
             progress.first_token_at = progress.first_token_at or now
             progress.last_token_at = now
-        progress.token_ids = list(output.generated_tokens)
-        progress.logprobs = list(output.logprobs)
+        progress.token_ids = generated
+        progress.logprobs = ([point.logprob] if point else []) + list(output.logprobs)
+        if handle.request.candidates > 1 and new_ids and not handle.branched:
+            handle.branched = True
+            self._start_branches(handle)
         rules = handle.request.stop
         visible_ids = [t for t in progress.token_ids if t not in rules.token_ids]
         text = _decode_stable(self.tokenizer, visible_ids)
@@ -366,17 +415,33 @@ class Engine:
             handle = self._handles.pop(request_id, None)
         if handle is None:
             return
+        self.first_tokens.take(request_id)
         scheduler = self.scheduler
         cached = scheduler.cached_tokens.pop(request_id, 0) if scheduler is not None else 0
         with handle._lock:
-            handle._finish(GenerationResult(
+            handle._own_result = GenerationResult(
                 text=handle.progress.text,
                 finish_reason=reason,
                 stats=_stats(handle, cached),
                 token_ids=tuple(handle.progress.token_ids),
                 logprobs=tuple(handle.progress.logprobs),
                 error=error,
-            ))
+            )
+            branches = list(handle.branches)
+        if reason in ("cancelled", "error"):  # nobody waits for its other answers either
+            for branch in branches:
+                self.cancel(branch.request_id)
+        self._complete(handle)
+        if handle.parent is not None:
+            self._complete(handle.parent)
+
+    def _complete(self, handle: RequestHandle) -> None:
+        """Give the handle its result once it and all its branches have finished."""
+        with handle._lock:
+            if handle.done or handle._own_result is None or not all(branch.done for branch in handle.branches):
+                return
+            alternatives = tuple(branch.result() for branch in handle.branches)
+            handle._finish(dataclasses.replace(handle._own_result, alternatives=alternatives))
 
     def _fail_all(self, message: str) -> None:
         log.error("engine failure: %s", message)

@@ -61,10 +61,25 @@ class GenerationRequest:
     stop: StopRules = StopRules()
     # A prefetch (the completion after an accepted one): it runs after every completion a user waits for.
     background: bool = False
+    # Answers wanted: the greedy one, and up to `candidates - 1` others, each the greedy continuation
+    # of one of the next-best first tokens (GenerationResult.alternatives). Local engines only: a
+    # remote server answers with one.
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(f"candidates must be from 1 to {MAX_CANDIDATES}, got {self.candidates}")
+
+
+MAX_CANDIDATES = 8
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    token_id: int
+    logprob: float
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,10 @@ class GenerationResult:
     token_ids: tuple[int, ...] = ()  # empty where the backend does not report them (remote)
     logprobs: tuple[float, ...] = ()  # of the generated tokens; empty where the server gives none
     error: str | None = None
+    # The other answers asked for (GenerationRequest.candidates), in the order of their first
+    # tokens' logprobs; each one's first token is its branch point. Fewer where the next-best first
+    # tokens end the answer at once (a stop token or stop string).
+    alternatives: tuple[GenerationResult, ...] = ()
 
     @property
     def mean_logprob(self) -> float | None:

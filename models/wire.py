@@ -28,7 +28,7 @@ from fimble.models.conversion import ConversionError, structure, unstructure
 from fimble.models.generation import GenerationRequest
 from fimble.models.spec import Role
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct(">I")
 # The largest frame is the tokenizer sent once per client (Qwen2.5's tokenizer.json is ~7 MB).
 MAX_FRAME_BYTES = 64 * 1024 * 1024

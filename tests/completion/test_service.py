@@ -1,16 +1,22 @@
-"""The completion service's plain parts: clipping huge documents, control characters."""
+"""The completion service's plain parts: clipping huge documents, control characters, and which
+candidates are shown."""
 
 from __future__ import annotations
 
+from fimble.completion.prompt import FimPrompt
 from fimble.completion.service import (
     CUT_STEP_LINES,
     MAX_PREFIX_LINES,
     MAX_SIDE_CHARS,
     MAX_SUFFIX_LINES,
     CompletionRequest,
+    CompletionSettings,
     clip_around_cursor,
+    shown_completion,
     without_control_characters,
 )
+from fimble.completion.trigger import CompletionMode
+from fimble.models.generation import GenerationResult
 
 
 def test_normal_files_are_not_clipped():
@@ -40,3 +46,32 @@ def test_one_giant_line_keeps_its_tail():
 
 def test_control_characters_are_removed():
     assert without_control_characters("a\x00b\tc\r\n\x1bd\x7f") == "ab\tc\r\nd"
+
+
+def shown(result: GenerationResult, explicit: bool = False):
+    prompt = FimPrompt("", [], "", "")
+    request = CompletionRequest("x = \n", 4, "python", explicit)
+    return shown_completion(result, prompt, CompletionMode.SINGLE_LINE, request, CompletionSettings(), (), ())
+
+
+def test_candidates_are_shown_in_order_distinct_and_each_as_a_suggestion_alone_would_be():
+    sure, unsure = (-0.1,), (-3.0,)
+    result = GenerationResult(
+        "1", "stop_string", logprobs=sure,
+        alternatives=(
+            GenerationResult("1", "stop_string", logprobs=sure),  # the same text again
+            GenerationResult("2", "stop_string", logprobs=unsure),  # unsure: withheld, as alone
+            GenerationResult("3", "stop_string", logprobs=sure),
+        ),
+    )
+    completion = shown(result)
+    assert (completion.text, completion.alternatives) == ("1", ("3",))
+    assert shown(result, explicit=True).alternatives == ("2", "3")  # asked for: even when unsure
+
+
+def test_an_empty_first_answer_leaves_the_lead_to_the_next_candidate():
+    result = GenerationResult("", "stop_string", logprobs=(-0.1,), alternatives=(GenerationResult("2", "stop_string", logprobs=(-0.1,)),))
+    completion = shown(result)
+    assert (completion.text, completion.alternatives, completion.empty_because) == ("2", (), "")
+    nothing = shown(GenerationResult("", "stop_string", logprobs=(-0.1,)))
+    assert (nothing.text, nothing.empty_because) == ("", "postprocess")

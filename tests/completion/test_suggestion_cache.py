@@ -76,3 +76,12 @@ def test_the_newest_answer_wins_where_two_apply():
     cache.remember(typed("ma"), answer("x(radius)"))
     assert cache.recall(typed("max(")).text == "radius)"
     assert cache.recall(typed("mat")).text == "h.pi * r"
+
+
+def test_typing_into_the_first_candidate_keeps_the_others_it_agrees_with():
+    cache = SuggestionCache()
+    cache.remember(typed(""), answer("math.pi * radius ** 2", alternatives=("math.tau * radius", "radius * radius * 3.14")))
+    hit = cache.recall(typed("math.p"))
+    assert hit.text == "i * radius ** 2" and hit.alternatives == ()
+    hit = cache.recall(typed("math."))
+    assert hit.text == "pi * radius ** 2" and hit.alternatives == ("tau * radius",)

@@ -9,13 +9,13 @@ from lsprotocol import types
 from fimble.models.backend import EngineBackend
 from fimble.completion.service import CompletionRequest, complete
 from fimble.lsp_server.settings import Settings, parse_settings
-from tests.lsp_server.conftest import QUIET, inline_at, open_document
+from tests.lsp_server.conftest import QUIET, inline_at, open_document, start_client
 
 SOURCE = "import os\n\ndef list_files(path):\n    names = os.listdir(path)\n    return sorted(na\n"
 
 
-async def expected_completion(pool, text: str, offset: int, explicit: bool = False):
-    settings = parse_settings(QUIET, Settings())[0].completion()
+async def expected_completion(pool, text: str, offset: int, explicit: bool = False, options: dict | None = None):
+    settings = parse_settings({**QUIET, **(options or {})}, Settings())[0].completion()
     return await complete(CompletionRequest(text, offset, "python", explicit), settings, EngineBackend(pool))
 
 
@@ -69,3 +69,22 @@ async def test_a_document_never_opened_and_not_on_disk_gets_nothing(lsp):
     assert list(answer.items) == []
     open_document(lsp, "file:///work/after.py", SOURCE)
     assert (await inline_at(lsp, "file:///work/after.py", 4, 20)).items  # the server lives on
+
+
+async def test_candidates_follow_the_same_first_suggestion(fimble_env, local_pool):
+    """`candidates` 3: the first item is the one suggestion `candidates` 1 gives, and the others
+    are the branches' answers, distinct, each with its own accept command."""
+    offset = SOURCE.index("sorted(na") + len("sorted(na")
+    alone = await expected_completion(local_pool, SOURCE, offset)
+    expected = await expected_completion(local_pool, SOURCE, offset, options={"candidates": 3})
+    assert expected.text == alone.text and expected.alternatives, "the tiny model's branches here give other suggestions"
+    client = await start_client(fimble_env, {**QUIET, "candidates": 3})
+    try:
+        open_document(client, "file:///work/candidates.py", SOURCE)
+        answer = await inline_at(client, "file:///work/candidates.py", 4, 20)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+    texts = [item.insert_text for item in answer.items]
+    assert texts == [alone.text, *expected.alternatives] and len(set(texts)) == len(texts)
+    assert [item.command.arguments[0]["text"] for item in answer.items] == texts

@@ -11,7 +11,7 @@ import {
   ServerOptions,
 } from "vscode-languageclient/node";
 
-const SERVER_SETTINGS = ["enable", "multiLine", "abstainBelowLogprob", "maxDebounceMs", "cacheSuggestions", "prefetch", "maxLatencyMs"];
+const SERVER_SETTINGS = ["enable", "multiLine", "abstainBelowLogprob", "maxDebounceMs", "cacheSuggestions", "prefetch", "maxLatencyMs", "candidates"];
 const SHOW_OUTPUT_COMMAND = "fimble.showOutput";
 const RESTART_COMMAND = "fimble.restartServer";
 
