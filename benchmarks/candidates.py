@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.editor_replay import percentile  # noqa: E402
 from benchmarks.humaneval_infill import FimbleSession, check, log, parse_settings  # noqa: E402
 from benchmarks.humaneval_tasks import load_problems, single_line_tasks  # noqa: E402
 from benchmarks.remote_replay import cpu_model  # noqa: E402
@@ -41,9 +42,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SESSIONS = {"warm": 1, "one": 1, "three": 3}
 
 
-def percentile_ms(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return round(1000 * ordered[min(int(fraction * len(ordered)), len(ordered) - 1)], 1)
+def percentile_ms(values: list[float], q: int) -> float:
+    return round(1000 * percentile(values, q), 1)
 
 
 async def run(args) -> dict:
@@ -82,15 +82,15 @@ async def run(args) -> dict:
     return {
         "tasks": n,
         "every": args.every,
-        "cold_latency_p50_ms": percentile_ms(latencies["warm"], 0.5),
+        "cold_latency_p50_ms": percentile_ms(latencies["warm"], 50),
         "one": {
-            "latency_p50_ms": percentile_ms(latencies["one"], 0.5),
-            "latency_p90_ms": percentile_ms(latencies["one"], 0.9),
+            "latency_p50_ms": percentile_ms(latencies["one"], 50),
+            "latency_p90_ms": percentile_ms(latencies["one"], 90),
             "pass_first": round(passed["one"] / n, 4),
         },
         "three": {
-            "latency_p50_ms": percentile_ms(latencies["three"], 0.5),
-            "latency_p90_ms": percentile_ms(latencies["three"], 0.9),
+            "latency_p50_ms": percentile_ms(latencies["three"], 50),
+            "latency_p90_ms": percentile_ms(latencies["three"], 90),
             "pass_first": round(passed["three_first"] / n, 4),
             "pass_any": round(passed["three_any"] / n, 4),
             "items_mean": round(statistics.mean(items), 3),

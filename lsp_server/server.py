@@ -381,11 +381,10 @@ async def inline_completion(ls: FimbleServer, params: types.InlineCompletionPara
     if completion is None or not completion.text:
         return types.InlineCompletionList(items=[])
     here = types.Range(start=params.position, end=params.position)
-    items = []
-    for text in (completion.text, *completion.alternatives):
-        record = acceptance_record(completion, params.text_document.uri, params.position, text)
-        accepted = types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record])
-        items.append(types.InlineCompletionItem(insert_text=text, range=here, command=accepted))
+    items = [
+        types.InlineCompletionItem(insert_text=text, range=here, command=accepted_command(completion, params.text_document.uri, params.position, text))
+        for text in (completion.text, *completion.alternatives)
+    ]
     return types.InlineCompletionList(items=items)
 
 
@@ -403,7 +402,6 @@ async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
     here = types.Range(start=params.position, end=params.position)
     items = []
     for rank, text in enumerate((completion.text, *completion.alternatives)):
-        record = acceptance_record(completion, params.text_document.uri, params.position, text)
         items.append(types.CompletionItem(
             label=(text.strip().splitlines() or [text])[0][:60],
             kind=types.CompletionItemKind.Text,
@@ -412,7 +410,7 @@ async def completion_fallback(ls: FimbleServer, params: types.CompletionParams):
             # Clients filter items by the word before the cursor; the completion continues it.
             filter_text=text,
             sort_text=str(rank),
-            command=types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[record]),
+            command=accepted_command(completion, params.text_document.uri, params.position, text),
         ))
     return types.CompletionList(is_incomplete=True, items=items)
 
@@ -424,10 +422,15 @@ def accepted(ls: FimbleServer, *args) -> None:
         ls.suggestion_accepted(args[0])
 
 
-def acceptance_record(completion: Completion, uri: str, position: types.Position, text: str | None = None) -> dict:
+def accepted_command(completion: Completion, uri: str, position: types.Position, text: str) -> types.Command:
+    """The command an item runs when the user accepts it; `text` is that item's candidate."""
+    return types.Command(title="Fimble: accepted", command=ACCEPTED_COMMAND, arguments=[acceptance_record(completion, uri, position, text)])
+
+
+def acceptance_record(completion: Completion, uri: str, position: types.Position, text: str) -> dict:
     """What the editor hands back when the user accepts: where and what was accepted (for the
     prefetch and the acceptance statistics), read also by benchmarks/humaneval_infill.py for the
-    abstain trade-off. `text` is the candidate's, when it is not the first."""
+    abstain trade-off. `text` is the accepted candidate's."""
     return {
         "mode": completion.mode.value,
         "meanLogprob": completion.mean_logprob,
@@ -435,7 +438,7 @@ def acceptance_record(completion: Completion, uri: str, position: types.Position
         "uri": uri,
         "line": position.line,
         "character": position.character,
-        "text": completion.text if text is None else text,
+        "text": text,
         "fromCache": completion.from_cache,
     }
 

@@ -115,7 +115,6 @@ class RequestHandle:
         self.branches: list[RequestHandle] = []
         self.parent: RequestHandle | None = None
         self._own_result: GenerationResult | None = None  # finished, its branches maybe not yet
-        self.branched = False
         self._deltas: queue.Queue[str | None] = queue.Queue()
         self._done = threading.Event()
         # Held while the router applies an output and while the request is finished, whichever
@@ -380,14 +379,14 @@ class Engine:
             return
         point = handle.branch_point
         generated = ([point.token_id] if point else []) + list(output.generated_tokens)
+        first_tokens_now = not progress.token_ids and bool(generated)
         new_ids = generated[len(progress.token_ids) :]
         if new_ids:
             progress.first_token_at = progress.first_token_at or now
             progress.last_token_at = now
         progress.token_ids = generated
         progress.logprobs = ([point.logprob] if point else []) + list(output.logprobs)
-        if handle.request.candidates > 1 and new_ids and not handle.branched:
-            handle.branched = True
+        if handle.request.candidates > 1 and first_tokens_now:
             self._start_branches(handle)
         rules = handle.request.stop
         visible_ids = [t for t in progress.token_ids if t not in rules.token_ids]
