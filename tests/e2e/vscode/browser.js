@@ -35,6 +35,8 @@ const actions = {
   value: (page, args) => locate(page, args).inputValue({ timeout: args.timeout_ms }),
   press: (page, { keys }) => page.keyboard.press(keys).then(() => null),
   type: (page, { text, delay_ms = 20 }) => page.keyboard.type(text, { delay: delay_ms }).then(() => null),
+  // Resolves in the page's next idle period, or after `timeout_ms` if none comes.
+  idle: (page, { timeout_ms }) => page.evaluate((timeout) => new Promise((resolve) => requestIdleCallback(() => resolve(null), { timeout })), timeout_ms),
   screenshot: (page, { path }) => page.screenshot({ path }).then(() => null),
   viewport: (page, { width, height }) => page.setViewportSize({ width, height }).then(() => null),
 };

@@ -224,6 +224,10 @@ class Page:
     def type(self, text: str) -> None:
         self.call("type", text=text)
 
+    def idle(self, timeout_s: float) -> None:
+        """Returns in the page's next idle period (requestIdleCallback), or after `timeout_s`."""
+        self.call("idle", timeout_s=timeout_s)
+
     def screenshot(self, path: Path) -> None:
         self.call("screenshot", path=str(path))
 
@@ -243,6 +247,8 @@ GHOST_TEXT = ".ghost-text-decoration"  # the suggestion's part on the cursor lin
 GHOST_LINES = ".view-zones > div:has(.ghost-text) .view-line"
 EXTENSION_STATUS = ".statusbar-item[aria-label^='Fimble: ']"
 TOASTS = ".notifications-toasts .notification-list-item-message"
+# The latest that VS Code makes an editor's "Eventually" contributions (inline suggestions among them).
+EDITOR_CONTRIBUTIONS_DEADLINE_S = 5
 # A setting typed into the Settings editor: how long VS Code gets to write it, and how many tries.
 SETTING_WRITE_S = 4
 SETTING_ATTEMPTS = 3
@@ -328,6 +334,10 @@ class Workbench:
         self.page.wait(f".quick-input-list .monaco-list-row.focused:has-text('{name}')")
         self.page.press("Enter")
         self.page.wait(f".tab.active[aria-label*='{name}']")
+        # A new editor makes its inline-suggestion controller when the window is first idle, or 5 s
+        # later at most (VS Code's EditorContributionInstantiation.Eventually): keys typed before
+        # that ask for no inline completion. An idle callback asked for now runs after VS Code's.
+        self.page.idle(timeout_s=EDITOR_CONTRIBUTIONS_DEADLINE_S + 1)
 
     def go_to(self, line: int, column: int = 1) -> None:
         """Ctrl+G to a 1-based line and column. Returns once the cursor is there: keys typed while
