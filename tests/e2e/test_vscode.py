@@ -28,6 +28,8 @@ from tests.lsp_server.test_daemon_restart import daemon_pid
 
 FIMBLE_COMMAND = Path(sys.executable).with_name("fimble")  # what `pip install` put beside this Python
 FIB = "def fib(n):\n    if n < 2:\n        return n\n    \n"
+# LSP 3.18's inline trigger kinds, as the server reads them (VS Code numbers its own 0 and 1).
+INVOKED, AUTOMATIC = 1, 2
 CALC = "def add(a, b):\n    pass\n\nprint(add(1, 2))\n"
 SHAPES = "class Shapes\n{\n\n\n\n\n}\n"
 ANSWER_TIMEOUT_S = 60
@@ -80,11 +82,17 @@ def vscode_for_tests(
 
 def server_answer(vscode: VSCode, file: Path, line: int, character: int) -> dict:
     """The first item of the server's latest non-empty inline completion at this 0-based cursor."""
-    def answered():
-        results = [r for r in inline_answers(vscode.trace(), file.as_uri(), line, character) if r["items"]]
-        return results[-1]["items"][0] if results else None
+    return server_items(vscode, file, line, character)[0]
 
-    return wait_until(answered, 30, f"the server's answer at {file.name}:{line}:{character} in the trace")
+
+def server_items(vscode: VSCode, file: Path, line: int, character: int, trigger_kind: int | None = None, at_least: int = 1) -> list[dict]:
+    """The items of the server's latest inline completion at this 0-based cursor with at least
+    `at_least` of them, for requests of `trigger_kind` (LSP's numbers) or of any kind."""
+    def answered():
+        results = [r for r in inline_answers(vscode.trace(), file.as_uri(), line, character, trigger_kind) if len(r["items"]) >= at_least]
+        return results[-1]["items"] if results else None
+
+    return wait_until(answered, 30, f"the server's answer of {at_least}+ items at {file.name}:{line}:{character} in the trace")
 
 
 def type_and_wait_for_ghost_text(vscode: VSCode, name: str, line: int, column: int, typed: str, timeout_s: float = 30) -> str:
@@ -99,7 +107,7 @@ class TestCompletion:
     @pytest.fixture(scope="class")
     @classmethod
     def vscode(cls, tiny_checkpoint, vscode_installed, vscode_extension) -> Iterator[VSCode]:
-        files = {"fib.py": FIB, "partial.py": FIB, "Shapes.cs": SHAPES, "restarted.py": FIB, "recovered.py": FIB}
+        files = {"fib.py": FIB, "partial.py": FIB, "cycled.py": FIB, "Shapes.cs": SHAPES, "restarted.py": FIB, "recovered.py": FIB}
         with vscode_for_tests(tiny_checkpoint, files, True, vscode_installed, vscode_extension) as vscode:
             yield vscode
 
@@ -153,6 +161,24 @@ class TestCompletion:
         assert vscode.workbench.ghost_text() == rest["insertText"]
         vscode.workbench.page.press("Escape")
 
+    def test_typing_asks_automatically_and_alt_bracket_shows_the_servers_next_candidate(self, vscode):
+        """With `fimble.candidates` 3, a keystroke's request reaches the server as Automatic, and
+        Alt+] (Show Next Inline Suggestion) asks again as Invoked and shows the server's second item."""
+        self.change_setting(vscode, "candidates", 3)
+        try:
+            typed = "return fib(n - 2) - "
+            ghost = type_and_wait_for_ghost_text(vscode, "cycled.py", 4, 5, typed)
+            file, cursor = vscode.server.workspace / "cycled.py", (3, 4 + len(typed))
+            assert ghost == server_items(vscode, file, *cursor, AUTOMATIC)[0]["insertText"]
+
+            vscode.workbench.page.press("Alt+BracketRight")
+            items = server_items(vscode, file, *cursor, INVOKED, at_least=2)
+            assert items[1]["insertText"] != items[0]["insertText"]
+            wait_until(lambda: vscode.workbench.ghost_text() == items[1]["insertText"], 10, f"the second candidate {items[1]['insertText']!r} shown")
+            vscode.workbench.page.press("Escape")
+        finally:
+            self.change_setting(vscode, "candidates", 1)
+
     def test_a_changed_multi_line_setting_reaches_the_server(self, vscode):
         """After a block opener the server asks for lines, unless fimble.multiLine is off: the mode
         of the next answer (in its acceptance record) shows which setting the server has. (C#, whose
@@ -170,14 +196,16 @@ class TestCompletion:
         assert modes == ["single_line", "multi_line"]
 
     @staticmethod
-    def change_setting(vscode: VSCode, key: str, value: bool) -> None:
-        """In the Settings editor; returns once the server has been sent the new value."""
+    def change_setting(vscode: VSCode, key: str, value: bool | int) -> None:
+        """In the Settings editor; returns once the server has been sent the new value (in a
+        message after those already traced, which may hold it from an earlier change)."""
+        earlier = len(vscode.trace())
         vscode.workbench.set_setting(f"fimble.{key}", value)
 
         def sent():
             return any(
                 m.sent and m.method == "workspace/didChangeConfiguration" and m.body and m.body["settings"].get(key) == value
-                for m in vscode.trace()
+                for m in vscode.trace()[earlier:]
             )
 
         wait_until(sent, 10, f"workspace/didChangeConfiguration with {key} = {value}")

@@ -3,6 +3,7 @@
 // bar item (status.ts) shows what the server says about its model and index.
 import * as vscode from "vscode";
 import { ChatController } from "./chat/controller";
+import { inlineCompletionMiddleware } from "./inlineContext";
 import { StatusBar } from "./status";
 import {
   DidChangeConfigurationNotification,
@@ -40,6 +41,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     // Read at every start, so that a restarted server gets the current settings.
     initializationOptions: () => serverSettings(),
     outputChannel: output,
+    middleware: inlineCompletionMiddleware(() => client),
   };
   const started = new LanguageClient("fimble", "Fimble", serverOptions, clientOptions);
   client = started;

@@ -463,13 +463,15 @@ def traced_messages(log: str) -> list[TracedMessage]:
     return messages
 
 
-def inline_answers(messages: list[TracedMessage], uri: str, line: int, character: int) -> list[dict]:
-    """The server's textDocument/inlineCompletion results for requests at this 0-based cursor."""
+def inline_answers(messages: list[TracedMessage], uri: str, line: int, character: int, trigger_kind: int | None = None) -> list[dict]:
+    """The server's textDocument/inlineCompletion results for requests at this 0-based cursor,
+    of one LSP trigger kind (1 Invoked, 2 Automatic) or of any."""
     asked = {
         (m.server, m.id)
         for m in messages
         if m.sent and m.kind == "request" and m.method == "textDocument/inlineCompletion" and m.body
         and m.body["textDocument"]["uri"] == uri and m.body["position"] == {"line": line, "character": character}
+        and trigger_kind in (None, m.body["context"]["triggerKind"])
     }
     return [m.body for m in messages if not m.sent and m.kind == "response" and (m.server, m.id) in asked and m.body is not None]
 
