@@ -29,6 +29,8 @@ LUA = "local function fib(n)\n  return n\nend\n"
 
 # The plugin's partial-accept keys in these tests (Tab stays the full accept).
 KEYMAPS = {"accept_word_key": "<M-Right>", "accept_line_key": "<M-C-Right>"}
+# The next candidate, as the README tells Neovim users to bind it.
+NEXT_CANDIDATE = "<Cmd>lua vim.lsp.inline_completion.select({ count = 1 })<CR>"
 
 # Runs inside Neovim. Opens the file and types once the server is attached. Then, for each key in
 # p.keys: waits for the inline completion's extmark (virt_text: the rest of the cursor line,
@@ -120,13 +122,14 @@ def neovim() -> str:
 
 
 def run_neovim(
-    tmp_path: Path, env: dict[str, str], file: Path, typed: str, keys: list[str], ghost_after: bool = False
+    tmp_path: Path, env: dict[str, str], file: Path, typed: str, keys: list[str], ghost_after: bool = False,
+    settings: dict = SETTINGS,
 ) -> dict:
     driver = tmp_path / "driver.lua"
     driver.write_text(DRIVER)
     out = tmp_path / "neovim.json"
     params = {
-        "cmd": [*FIMBLE, "lsp"], "settings": SETTINGS, "keymaps": KEYMAPS, "file": str(file), "typed": typed,
+        "cmd": [*FIMBLE, "lsp"], "settings": settings, "keymaps": KEYMAPS, "file": str(file), "typed": typed,
         "keys": keys, "ghost_after": ghost_after, "out": str(out), "timeout_ms": TIMEOUT_S * 1000,
     }
     # Neovim's own state (lsp.log) goes to tmp_path too.
@@ -139,12 +142,15 @@ def run_neovim(
     return shown
 
 
-async def ask_server(env: dict[str, str], file: Path, text: str, line: int, character: int) -> types.InlineCompletionItem:
+async def ask_server(
+    env: dict[str, str], file: Path, text: str, line: int, character: int, settings: dict = SETTINGS
+) -> list[types.InlineCompletionItem]:
+    """The server's items at this cursor, asked as typing asks, from a second client."""
     client = LanguageClient("fimble-e2e", "0.1")
     await client.start_io(*FIMBLE, "lsp", env=env)
     try:
         await client.initialize_async(
-            types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options=SETTINGS)
+            types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options=settings)
         )
         client.initialized(types.InitializedParams())
         uri = file.as_uri()
@@ -163,7 +169,7 @@ async def ask_server(env: dict[str, str], file: Path, text: str, line: int, char
         await asyncio.wait_for(client.stop(), 10)
     items = result.items if isinstance(result, types.InlineCompletionList) else result
     assert items, "the server answered no completion"
-    return items[0]
+    return items
 
 
 def test_ghost_text_is_the_servers_completion_and_tab_accepts_it(tmp_path, fimble_env):
@@ -174,7 +180,7 @@ def test_ghost_text_is_the_servers_completion_and_tab_accepts_it(tmp_path, fimbl
 
     row, col = view["cursor"][0] - 1, view["cursor"][1]  # 0-based line, byte column (ASCII here)
     document = "\n".join(view["lines"]) + "\n"
-    item = asyncio.run(ask_server(fimble_env, source, document, row, col))
+    item = asyncio.run(ask_server(fimble_env, source, document, row, col))[0]
 
     assert isinstance(item.insert_text, str), "a plain-text completion, not a snippet"
     line = view["lines"][row]
@@ -216,6 +222,25 @@ def test_accept_line_inserts_the_first_line_and_its_line_break(tmp_path, fimble_
     assert shown["after"][0] == inserted_at_cursor(first, line + line_break)
     assert "workspace/executeCommand" not in methods_sent(shown, keys_pressed=1)
     assert again["ghost"] == rest
+
+
+def test_select_shows_the_servers_next_candidate(tmp_path, fimble_env):
+    """With `candidates` 3, vim.lsp.inline_completion.select({ count = 1 }) shows the server's
+    second item in place of the first, and leaves the buffer as it was."""
+    source = tmp_path / "fib.py"
+    source.write_text(FIB)
+    settings = {**SETTINGS, "candidates": 3}
+    shown = run_neovim(tmp_path, fimble_env, source, "\nreturn fib(", [NEXT_CANDIDATE], ghost_after=True, settings=settings)
+    first, cycled = shown["views"]
+
+    row, col = first["cursor"][0] - 1, first["cursor"][1]
+    items = asyncio.run(ask_server(fimble_env, source, "\n".join(first["lines"]) + "\n", row, col, settings))
+    assert len(items) >= 2, f"this test needs two candidates or more: {items}"
+    assert all(item.range.start == item.range.end == types.Position(row, col) for item in items)
+    assert first["ghost"] == items[0].insert_text
+    # Neovim adds which of the server's candidates is shown.
+    assert cycled["ghost"] == f"{items[1].insert_text} (2/{len(items)})"
+    assert shown["after"][0] == {"lines": first["lines"], "cursor": first["cursor"]}
 
 
 # Runs with `nvim -l`: the plugin's split of a suggestion, for each text in the JSON argument.

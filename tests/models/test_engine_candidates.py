@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from fimble.models.conversion import structure, unstructure
+from fimble.models.engine import branch_token_limit
 from fimble.models.generation import GenerationRequest, GenerationResult, StopRules
 from fimble.models.spec import Role
 from tests.models.test_engine_exactness import ATOL, PAGE, prompt_of, reference_greedy
@@ -49,6 +50,43 @@ def test_a_first_token_that_ends_the_answer_gets_no_branch(make_engine, tiny_loa
     stop = StopRules(token_ids=(firsts[1],))  # the second-best first token is a stop token
     result = engine.generate(GenerationRequest(Role.SINGLE_LINE, 6, tuple(prompt), stop=stop, candidates=3))
     assert [alternative.token_ids[0] for alternative in result.alternatives] == [firsts[2]]
+
+
+def natural_length(continuation: list[int], stop: set[int]) -> int:
+    """Tokens until the first stop token, itself included; the whole continuation without one."""
+    return next((i + 1 for i, token in enumerate(continuation) if token in stop), len(continuation))
+
+
+def test_a_branch_still_writing_well_past_the_finished_answer_is_dropped(make_engine, tiny_loaded):
+    """The answer ends at its 3rd token (a stop token), so a branch may reach branch_token_limit(3)
+    tokens: the branch that stops within them is kept, exactly, and the one still writing there is
+    dropped, and its pages freed."""
+    model, max_new_tokens, finished = tiny_loaded.model, 40, 3
+    limit = branch_token_limit(finished)
+    for offset in range(40):  # a prompt whose two branches fall on either side of the limit
+        prompt = prompt_of(40, offset=offset)
+        greedy, _, _ = reference_greedy(model, prompt, finished)
+        firsts, _ = top_first_tokens(model, prompt, 3)
+        kept_first, dropped_first = firsts[1], firsts[2]
+        kept = [kept_first, *reference_greedy(model, prompt + [kept_first], max_new_tokens - 1)[0]]
+        dropped = [dropped_first, *reference_greedy(model, prompt + [dropped_first], max_new_tokens - 1)[0]]
+        # Stop tokens: the answer's 3rd, and the kept branch's at some point within the limit.
+        stop = {greedy[finished - 1], kept[limit // 2]}
+        scenario = (
+            natural_length(greedy, stop) == finished and natural_length(kept, stop) <= limit
+            and natural_length(dropped, stop) > limit and not stop & {kept_first, dropped_first}
+        )
+        if scenario:
+            break
+    assert scenario, "no prompt among those tried puts the branches on either side of the limit"
+
+    engine = make_engine(page_size=PAGE)
+    request = GenerationRequest(Role.SINGLE_LINE, max_new_tokens, tuple(prompt), stop=StopRules(token_ids=tuple(sorted(stop))), candidates=3)
+    result = engine.generate(request)
+    assert result.token_ids == tuple(greedy) and result.finish_reason == "stop_token"
+    assert [alternative.token_ids for alternative in result.alternatives] == [tuple(kept[: natural_length(kept, stop)])]
+    assert result.alternatives[0].finish_reason == "stop_token"
+    assert_idle_and_clean(engine)
 
 
 def test_one_candidate_asks_for_no_branch(make_engine):
