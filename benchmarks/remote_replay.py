@@ -44,7 +44,7 @@ from fimble.models.generation import GenerationRequest  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.remote import RemoteBackend  # noqa: E402
 from fimble.models.spec import ModelSpec, Role  # noqa: E402
-from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, NativeLlamaServer, ServerProcess, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
+from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, cpu_flags, NativeLlamaServer, ServerProcess, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
 
 KEY_ENV = "FIMBLE_BENCH_REMOTE_KEY"
 SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
@@ -174,8 +174,12 @@ async def replay_local(requests: list[CompletionRequest]) -> list[dict]:
 
 
 def cpu_model() -> str:
+    """lscpu's model name, and whether the CPU has AMX: "Intel(R) Xeon(R) Processor" names machines
+    with and without it here, and AMX multiplies bf16 (prefill) much faster, so their figures must
+    not be compared as one machine's."""
     done = subprocess.run(["lscpu"], capture_output=True, text=True)
-    return next((line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Model name")), "unknown")
+    name = next((line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Model name")), "unknown")
+    return f"{name} ({'AMX' if 'amx_tile' in cpu_flags() else 'no AMX'})"
 
 
 def p50(rows: list[dict], key: str) -> float:
