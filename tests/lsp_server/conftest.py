@@ -27,7 +27,9 @@ from fimble.models.daemon_client import DaemonClient
 from fimble.models.pool import EnginePool
 
 FIMBLE = [sys.executable, "-m", "fimble"]
-QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0}
+# Every answer of the model, whole: no abstaining, no debounce, and no latency budget (on a busy
+# machine the tiny model's line can take past 2.5 s, and came back as a draft cut after a word).
+QUIET = {"abstainBelowLogprob": None, "maxDebounceMs": 0, "maxLatencyMs": 0}
 
 
 def build_never_stopping_checkpoint(tiny_checkpoint: Path, path: Path) -> Path:
