@@ -2,12 +2,11 @@
 // InlineCompletionContext unchanged (codeConverter.asInlineCompletionParams), written for the 3.17
 // proposal, while the server speaks LSP 3.18:
 // - trigger kinds: VS Code has Invoke = 0 and Automatic = 1, LSP 3.18 Invoked = 1 and Automatic = 2.
-//   Unmapped, every keystroke's request reached the server as Invoked (taken for a key binding:
-//   never withheld), and Alt+] (an Invoke) was refused as an unknown kind, so candidates could
-//   not be cycled;
+//   Unmapped, every keystroke's request would reach the server as Invoked (taken for a key
+//   binding: never withheld), and Alt+] (an Invoke) would be refused as an unknown kind;
 // - the suggest widget's selected item: a VS Code Range goes out as a JSON array, not an LSP Range.
 // vscode-languageclient 10 converts both, but it needs VS Code 1.91 and a log output channel,
-// whose timestamped lines the end-to-end tests' readers of the output channel do not parse yet.
+// whose timestamped lines the end-to-end tests' readers of the output channel do not parse.
 import * as vscode from "vscode";
 import { LanguageClient, Middleware } from "vscode-languageclient/node";
 
