@@ -44,7 +44,7 @@ from fimble.models.generation import GenerationRequest  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.remote import RemoteBackend  # noqa: E402
 from fimble.models.spec import ModelSpec, Role  # noqa: E402
-from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, cpu_flags, NativeLlamaServer, ServerProcess, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
+from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, NativeLlamaServer, ServerProcess, cpu_flags, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
 
 KEY_ENV = "FIMBLE_BENCH_REMOTE_KEY"
 SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
