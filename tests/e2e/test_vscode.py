@@ -23,7 +23,14 @@ import pytest
 
 from fimble.chat.session import Message, SessionStore
 from tests.e2e.conftest import fimble_environment
-from tests.e2e.vscode.workbench import EXTENSION_STATUS, VSCode, inline_answers, running_vscode, wait_until
+from tests.e2e.vscode.workbench import (
+    EXTENSION_STATUS,
+    VSCode,
+    inline_answers,
+    model_ready_after_daemon_stopped,
+    running_vscode,
+    wait_until,
+)
 from tests.lsp_server.test_daemon_restart import daemon_pid
 
 FIMBLE_COMMAND = Path(sys.executable).with_name("fimble")  # what `pip install` put beside this Python
@@ -233,7 +240,10 @@ class TestCompletion:
 
         toast = vscode.workbench.wait_for_toast("daemon stopped")
         assert "it is being restarted" in toast
-        vscode.workbench.wait_for_status("ready")  # a new daemon, with the model loaded
+        # The toast can show before the status bar has left "ready", so the server's own status
+        # notifications say when a new daemon has the model loaded.
+        wait_until(lambda: model_ready_after_daemon_stopped(vscode.trace()), 60, "the model ready in a new daemon")
+        vscode.workbench.wait_for_status("ready")
         assert asyncio.run(daemon_pid()) != old_pid
         typed = "return fib(n - 2) + "
         ghost = type_and_wait_for_ghost_text(vscode, "recovered.py", 4, 5, typed)

@@ -476,6 +476,18 @@ def inline_answers(messages: list[TracedMessage], uri: str, line: int, character
     return [m.body for m in messages if not m.sent and m.kind == "response" and (m.server, m.id) in asked and m.body is not None]
 
 
+def model_ready_after_daemon_stopped(messages: list[TracedMessage]) -> bool:
+    """Whether the server said its model was ready (fimble/status) after it told the user that
+    the daemon stopped (window/showMessage)."""
+    told = next(
+        (i for i, m in enumerate(messages) if m.method == "window/showMessage" and m.body and "daemon stopped" in m.body["message"]),
+        None,
+    )
+    return told is not None and any(
+        m.method == "fimble/status" and m.body and m.body["model"] == "ready" for m in messages[told + 1 :]
+    )
+
+
 # --- all of it together -----------------------------------------------------------------------
 
 
