@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +185,12 @@ class Typist:
             await asyncio.gather(self.pending.future, return_exceptions=True)
 
 
-async def start_client(settings: dict, env: dict) -> LanguageClient:
+async def start_client(settings: dict, env: dict, root: Path | None = None, on_status: Callable[[dict], None] | None = None) -> LanguageClient:
+    """A `fimble lsp` started and initialized, with `root` as its workspace if one is given, and
+    `on_status` called with each fimble/status from the first."""
     client = LanguageClient("fimble-typing-session", "0.1")
+    if on_status is not None:
+        client.feature("fimble/status")(lambda params: on_status(params._asdict() if hasattr(params, "_asdict") else dict(params)))
 
     @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
     def create_progress(params) -> None:
@@ -207,6 +212,8 @@ async def start_client(settings: dict, env: dict) -> LanguageClient:
                 window=types.WindowClientCapabilities(work_done_progress=True),
             ),
             initialization_options=settings,
+            root_uri=root.as_uri() if root else None,
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)] if root else None,
         )
     )
     client.initialized(types.InitializedParams())
