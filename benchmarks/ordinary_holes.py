@@ -72,7 +72,7 @@ CONTEXT_ON = 1024  # the server's default contextTokens
 # past the 2.5 s budget, which then returns what it has (nothing, that early). While typing, the
 # prompt is in the prefix cache and the budget rarely cuts.
 SETTINGS = {"maxDebounceMs": 0, "prefetch": False, "maxLatencyMs": 0}
-REQUEST_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 300.0  # cold answers of the 0.5B took up to 71 s while the test suite ran beside it
 FIRST_REQUEST_TIMEOUT_S = 15 * 60  # the first request may convert and load the model
 SUITE_LIMITS = SandboxLimits(timeout_s=900.0, address_space_bytes=4 * 1024**3)
 CHECK_LIMITS = SandboxLimits(timeout_s=120.0, address_space_bytes=4 * 1024**3)
