@@ -14,8 +14,8 @@ whose tests pass without it measures nothing.
 
 Each hole is asked as an editor asks. The library's tree is the workspace of `fimble lsp`, the
 file is opened with the line emptied after its indentation, and an automatic inline completion is
-requested at the end of that indentation. Two servers run side by side on one daemon: one with the
-repository context at its default (`contextTokens` 1024), one without it (0). Everything else is
+requested at the end of that indentation. Each library has two servers, all on one daemon: one with
+the repository context at its default (`contextTokens` 1024), one without it (0). Everything else is
 the server's default, abstaining included, except debounce, prefetch and the latency budget (see
 SETTINGS). The answer's first line is put back, and the covering tests run on a
 copy of the tree (benchmarks/sandbox.py: a child process with a timeout and resource limits).
