@@ -228,21 +228,7 @@ class FimbleSession:
     def show(self, task: InfillTask) -> str:
         """Open the problem's document, or replace its whole text; returns the URI."""
         uri = f"file:///humaneval/HumanEval_{task.problem.number}.py"
-        version = self.versions.get(uri, 0) + 1
-        self.versions[uri] = version
-        if version == 1:
-            self.client.text_document_did_open(
-                types.DidOpenTextDocumentParams(
-                    text_document=types.TextDocumentItem(uri=uri, language_id="python", version=version, text=task.document)
-                )
-            )
-        else:
-            self.client.text_document_did_change(
-                types.DidChangeTextDocumentParams(
-                    text_document=types.VersionedTextDocumentIdentifier(version=version, uri=uri),
-                    content_changes=[types.TextDocumentContentChangeWholeDocument(text=task.document)],
-                )
-            )
+        show_document(self.client, self.versions, uri, task.document)
         return uri
 
     async def complete(self, task: InfillTask) -> Answer:
@@ -274,6 +260,24 @@ class FimbleSession:
             return [Answer("", None, None, None, time.perf_counter() - started, error=repr(error))]
         self.answered_once = True
         return answers_from_result(result, time.perf_counter() - started)
+
+
+def show_document(client: LanguageClient, versions: dict[str, int], uri: str, text: str) -> None:
+    """Open a Python document in the server, or, once open, replace its whole text; `versions`
+    holds each URI's last version."""
+    version = versions.get(uri, 0) + 1
+    versions[uri] = version
+    if version == 1:
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=version, text=text))
+        )
+    else:
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+                content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)],
+            )
+        )
 
 
 def fimble_command() -> list[str]:

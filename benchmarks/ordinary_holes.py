@@ -53,7 +53,7 @@ from pygls.lsp.client import LanguageClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.editor_replay import daemon_env, stop_daemon, wait_until_loaded  # noqa: E402
-from benchmarks.humaneval_infill import Answer, answers_from_result  # noqa: E402
+from benchmarks.humaneval_infill import Answer, answers_from_result, show_document  # noqa: E402
 from benchmarks.lsp_text import Position, replace_range  # noqa: E402
 from benchmarks.model_tiers import config_text  # noqa: E402
 from benchmarks.remote_replay import cpu_model  # noqa: E402
@@ -231,6 +231,13 @@ def candidate_holes(library: Library, tree: Path, coverage_map: dict[str, dict[i
 # --- checking a line ------------------------------------------------------------------------------
 
 
+def with_line(text: str, line: int, line_text: str) -> str:
+    """`text` with its 0-based `line` replaced."""
+    lines = text.split("\n")
+    lines[line] = line_text
+    return "\n".join(lines)
+
+
 class Checker:
     """Runs a hole's tests with a given text on its line, on a private copy of the library's tree
     (the servers index the original, which must never see a completion)."""
@@ -247,9 +254,7 @@ class Checker:
         tree = self.copies[hole.library]
         target = tree / hole.path
         original = target.read_text(encoding="utf-8")
-        lines = original.split("\n")
-        lines[hole.line] = line_text
-        target.write_text("\n".join(lines), encoding="utf-8")
+        target.write_text(with_line(original, hole.line, line_text), encoding="utf-8")
         try:
             # Without the plugins installed beside pytest (none of the libraries needs one), a run
             # starts in less than half the time: about 1 s a check here, against 2.2 s with them.
@@ -258,25 +263,31 @@ class Checker:
             target.write_text(original, encoding="utf-8")
 
 
-def qualifies(checker: Checker, hole: Hole, verdicts: Path) -> bool:
-    """Whether the hole's tests pass with its line and fail without it; remembered in `verdicts`, so
-    that every model's run, and every rerun, checks only new holes."""
-    known = {}
-    if verdicts.exists():
-        known = {row["key"]: row["qualifies"] for row in map(json.loads, verdicts.read_text().splitlines())}
+def known_verdicts(verdicts: Path) -> dict[str, bool]:
+    """The verdicts of earlier runs, by hole."""
+    if not verdicts.exists():
+        return {}
+    return {row["key"]: row["qualifies"] for row in map(json.loads, verdicts.read_text().splitlines())}
+
+
+def qualifies(checker: Checker, hole: Hole, verdicts: Path, known: dict[str, bool]) -> bool:
+    """Whether the hole's tests pass with its line and fail without it; remembered in `verdicts`
+    (and `known`, read from it), so that every model's run, and every rerun, checks only new holes."""
     if hole.key in known:
         return known[hole.key]
-    with_line = checker.run(hole, hole.indent + hole.code)
-    without_line = checker.run(hole, hole.indent) if with_line.passed else None
-    verdict = with_line.passed and without_line is not None and not without_line.passed
+    line_kept = checker.run(hole, hole.indent + hole.code)
+    line_emptied = checker.run(hole, hole.indent) if line_kept.passed else None
+    verdict = line_kept.passed and line_emptied is not None and not line_emptied.passed
     with verdicts.open("a") as out:
-        out.write(json.dumps({"key": hole.key, "qualifies": verdict, "passes_with_line": with_line.passed}) + "\n")
+        out.write(json.dumps({"key": hole.key, "qualifies": verdict, "passes_with_line": line_kept.passed}) + "\n")
+    known[hole.key] = verdict
     return verdict
 
 
 def select_holes(trees: dict[str, Path], checker: Checker, work: Path, per_library: int) -> list[Hole]:
     holes: list[list[Hole]] = []
     verdicts = work / "verdicts.jsonl"
+    known = known_verdicts(verdicts)
     for library in LIBRARIES:
         tree = trees[library.label]
         candidates = candidate_holes(library, tree, covering_tests(library, tree, work))
@@ -286,7 +297,7 @@ def select_holes(trees: dict[str, Path], checker: Checker, work: Path, per_libra
             if len(chosen) == per_library:
                 break
             tried += 1
-            if qualifies(checker, hole, verdicts):
+            if qualifies(checker, hole, verdicts, known):
                 chosen.append(hole)
         log(f"{library.label}: {len(chosen)} holes from {tried} lines tried, of {len(candidates)} executed lines")
         holes.append(chosen)
@@ -326,19 +337,7 @@ class Editor:
             await asyncio.sleep(0.2)
 
     async def ask(self, uri: str, document: str, position: Position) -> Answer:
-        version = self.versions.get(uri, 0) + 1
-        self.versions[uri] = version
-        if version == 1:
-            self.client.text_document_did_open(
-                types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=version, text=document))
-            )
-        else:
-            self.client.text_document_did_change(
-                types.DidChangeTextDocumentParams(
-                    text_document=types.VersionedTextDocumentIdentifier(version=version, uri=uri),
-                    content_changes=[types.TextDocumentContentChangeWholeDocument(text=document)],
-                )
-            )
+        show_document(self.client, self.versions, uri, document)
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
             text_document=types.TextDocumentIdentifier(uri=uri),
@@ -362,9 +361,7 @@ def completed_line(hole: Hole, document: str, answer: Answer) -> str:
 
 
 def hole_document(tree: Path, hole: Hole) -> str:
-    lines = (tree / hole.path).read_text(encoding="utf-8").split("\n")
-    lines[hole.line] = hole.indent
-    return "\n".join(lines)
+    return with_line((tree / hole.path).read_text(encoding="utf-8"), hole.line, hole.indent)
 
 
 def score(hole: Hole, line: str, answer: Answer, passed: bool) -> dict:

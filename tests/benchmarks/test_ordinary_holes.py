@@ -9,7 +9,7 @@ import textwrap
 
 from benchmarks.humaneval_infill import Answer
 from benchmarks.lsp_text import Position
-from benchmarks.ordinary_holes import Checker, Hole, Library, completed_line, covering_tests, qualifies, summary, whole_logical_lines
+from benchmarks.ordinary_holes import Checker, Hole, Library, completed_line, covering_tests, known_verdicts, qualifies, summary, whole_logical_lines
 
 SOURCE = textwrap.dedent(
     '''\
@@ -87,14 +87,14 @@ def test_a_hole_qualifies_when_its_tests_pass_with_the_line_and_fail_without_it(
     verdicts = tmp_path / "verdicts.jsonl"
     needed = hole_at(6, ("tests/test_mod.py::test_double",))
     not_needed = hole_at(7, ("tests/test_mod.py::test_double",))
-    assert qualifies(checker, needed, verdicts)
-    assert not qualifies(checker, not_needed, verdicts)
+    assert qualifies(checker, needed, verdicts, {})
+    assert not qualifies(checker, not_needed, verdicts, {})
     # The checks ran on a copy: the tree the servers index never changed.
     assert (tree / "tinylib" / "mod.py").read_text() == SOURCE
     assert [json.loads(line)["key"] for line in verdicts.read_text().splitlines()] == [needed.key, not_needed.key]
     # A verdict is remembered: with the copy's tests gone, the hole still qualifies.
     (checker.copies[LIBRARY.label] / "tests" / "test_mod.py").unlink()
-    assert qualifies(checker, needed, verdicts)
+    assert qualifies(checker, needed, verdicts, known_verdicts(verdicts))
 
 
 def test_a_check_runs_the_line_given_and_puts_the_file_back(tmp_path):
