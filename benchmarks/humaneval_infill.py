@@ -90,6 +90,7 @@ class Answer:
     mean_logprob: float | None
     latency_s: float
     error: str | None = None  # a timeout or an error response
+    context_files: tuple[str, ...] = ()  # the other files quoted in the prompt (the item's details)
 
 
 @dataclass
@@ -134,14 +135,25 @@ def answers_from_result(result: Any, latency_s: float) -> list[Answer]:
         if item.range is not None:
             start = Position(item.range.start.line, item.range.start.character)
             end = Position(item.range.end.line, item.range.end.character)
-        answers.append(Answer(text, start, end, mean_logprob_of(item.command), latency_s))
+        answers.append(Answer(text, start, end, mean_logprob_of(item.command), latency_s, context_files=context_files_of(item.command)))
     return answers
 
 
-def mean_logprob_of(command: types.Command | None) -> float | None:
+def context_files_of(command: types.Command | None) -> tuple[str, ...]:
+    details = accepted_details(command)
+    files = details.get("contextFiles") if isinstance(details, dict) else getattr(details, "contextFiles", None)
+    return tuple(files or ())
+
+
+def accepted_details(command: types.Command | None):
+    """The details the server attaches to an item (lsp_server/acceptance.py), or None."""
     if command is None or command.command != "fimble.accepted" or not command.arguments:
         return None
-    details = command.arguments[0]
+    return command.arguments[0]
+
+
+def mean_logprob_of(command: types.Command | None) -> float | None:
+    details = accepted_details(command)
     value = details.get("meanLogprob") if isinstance(details, dict) else getattr(details, "meanLogprob", None)
     return float(value) if isinstance(value, (int, float)) else None
 

@@ -376,6 +376,7 @@ def score(hole: Hole, line: str, answer: Answer, passed: bool) -> dict:
         "indentation_changed": not typed_indent_kept,
         "latency_s": round(answer.latency_s, 3),
         "error": answer.error,
+        "context_files": list(answer.context_files),  # known only when something was shown
     }
 
 
@@ -453,6 +454,8 @@ def summary(records: list[dict]) -> dict:
         "indentation_changed_with_context": sum(r["with"]["indentation_changed"] for r in records),
         "indentation_changed_without_context": sum(r["without"]["indentation_changed"] for r in records),
         "errors": sum(bool(r["with"]["error"]) + bool(r["without"]["error"]) for r in records),
+        # Shown answers whose prompt quoted other files (an empty answer does not say).
+        "shown_with_context_files": sum(bool(r["with"].get("context_files")) for r in records),
     }
 
 

@@ -177,3 +177,14 @@ def test_a_tokenizer_that_marks_the_start_of_every_text_gets_the_prompt_encoded_
 
 def test_qwens_byte_level_tokenizer_may_be_encoded_in_pieces(tokenizer):
     assert splits_at_line_starts(tokenizer, QWEN25_CODER.fim)
+
+
+def test_repository_context_never_shrinks_the_in_file_window(tokenizer):
+    """The context has its own budget: the file's prefix and suffix windows are the same with it."""
+    text = inspect.getsource(argparse)
+    cursor = len(text) // 2
+    context = "<|repo_name|>demo\n<|file_sep|>demo/util.py\n" + "def helper():\n    return 1\n" * 200 + "<|file_sep|>demo/main.py\n"
+    plain = build_fim_prompt_around(text[:cursor], text[cursor:], tokenizer)
+    with_context = build_fim_prompt_around(text[:cursor], text[cursor:], tokenizer, context=context)
+    assert (with_context.prefix, with_context.suffix) == (plain.prefix, plain.suffix)
+    assert with_context.token_ids[-len(plain.token_ids) :] == plain.token_ids

@@ -146,3 +146,33 @@ def test_the_imports_definitions_come_first_and_stay_put_as_the_cursor_moves(rep
     assert "def default_client() -> Client:" in imports_block
     assert there.startswith(imports_block)  # the cursor moved: the leading text is unchanged
     assert "class Money:" in there and there.index("shop/api/client.py") < there.index("shop/money.py")
+
+
+@pytest.mark.parametrize(
+    "code_before_cursor, needs_context",
+    [
+        ("    orders = client.", True),  # `client` holds a Client (its constructor's file is elsewhere)
+        ("    orders = default_client().", True),  # a function another file defines
+        ("    total = len(", False),  # a builtin
+        ("    total = report(", False),  # defined in this file
+        ("    ", False),  # nothing typed on the line yet, and every import is used
+    ],
+)
+def test_context_comes_only_when_the_line_names_what_another_file_defines(repo, tmp_path, code_before_cursor, needs_context):
+    main = "from shop.api.client import Client, default_client\n\n\ndef report(customer_id):\n    client = Client('x', None)\n    other = default_client()\n"
+    (repo / "shop" / "main.py").write_text(main)
+    index = make_index(repo, tmp_path)
+    index.build()
+    context = repository_context(
+        index, "shop/main.py", main + code_before_cursor, "\n", {}, lambda text: len(text.split()), 400, lambda path: (repo / path).read_text()
+    )
+    assert ("shop/api/client.py" in context) is needs_context, context
+
+
+def test_an_import_not_used_yet_brings_its_definition_to_an_empty_line(repo, tmp_path):
+    """The file imports a name it never uses: the cursor may be about to write its first use."""
+    main = "from shop.api.client import default_client\n\n\ndef report(customer_id):\n    "
+    index = make_index(repo, tmp_path)
+    index.build()
+    context = repository_context(index, "shop/main.py", main, "\n", {}, lambda text: len(text.split()), 400, lambda path: (repo / path).read_text())
+    assert "def default_client() -> Client:" in context

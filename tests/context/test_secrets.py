@@ -68,7 +68,7 @@ def test_content_rules_catch_the_secrets_under_an_ordinary_name(corpus: SecretsC
 
 def test_retrieval_for_a_completion_and_for_a_chat_holds_no_secret(corpus: SecretsCorpus, index: WorkspaceIndex) -> None:
     main = (corpus.root / "main.py").read_text()
-    cursor = main.index("    return s3_upload_target")
+    cursor = main.index("    receipt = charge_customer(slugify")  # a line that calls into other files
     read_text = ChatWorkspace(corpus.root, index).read_relative
     context = repository_context(index, "main.py", main[:cursor], main[cursor:], {}, len, 100_000, read_text)
     assert "def slugify" in context  # retrieval ran, and found the ordinary file main.py uses

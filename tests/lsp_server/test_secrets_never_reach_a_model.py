@@ -87,7 +87,8 @@ async def test_completions_use_the_index_and_open_buffers_but_no_secret(secrets_
         uri = open_file(chat, corpus, "main.py")
         before = len(proxy.model_requests())
         main = (corpus.root / "main.py").read_text().splitlines()
-        line = next(number for number, text in enumerate(main) if "return s3_upload_target" in text)
+        # A line that calls into other files, so the cursor needs context.
+        line = next(number for number, text in enumerate(main) if "receipt = charge_customer(slugify" in text)
         await inline_at(chat.client, uri, line, len(main[line]), invoked=True)
         sent = proxy.model_requests()[before:]
         assert sent, "the completion reached the server"
