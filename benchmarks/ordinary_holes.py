@@ -387,6 +387,13 @@ def earlier_records(out: Path) -> dict[str, dict]:
     return {record["key"]: record for record in map(json.loads, out.read_text().splitlines())}
 
 
+def asks_first(number: int) -> str:
+    """Which server asks first for the hole numbered `number` (from 1; a resumed run goes on
+    counting). They take turns, so that neither always finds the other's work in the daemon's
+    cache: the first answer is cold, and the second may find the whole prompt cached."""
+    return "with" if number % 2 else "without"
+
+
 async def run_holes(holes: list[Hole], trees: dict[str, Path], checker: Checker, env: dict, out: Path, resumed: dict[str, dict]) -> list[dict]:
     total = len(holes)
     records = [resumed[hole.key] for hole in holes if hole.key in resumed]
@@ -411,10 +418,8 @@ async def run_holes(holes: list[Hole], trees: dict[str, Path], checker: Checker,
                 uri = (tree / hole.path).as_uri()
                 record = {**asdict(hole), "key": hole.key}
                 checked: dict[str, SandboxResult] = {}
-                # Alternate which server asks first, so that neither always finds the other's work
-                # in the daemon's cache.
-                order = ("with", "without") if number % 2 else ("without", "with")
-                for name in order:
+                first = asks_first(number)
+                for name in (first, "without" if first == "with" else "with"):
                     answer = await editors[hole.library][name].ask(uri, document, Position(hole.line, len(hole.indent)))
                     line = completed_line(hole, document, answer)
                     if line.strip() and line not in checked:
@@ -466,8 +471,8 @@ def entry(records: list[dict], source: str, status: dict) -> dict:
         "model": role.get("model") or source,
         "source": source,
         **summary(records),
-        "p50_latency_with_context_s": statistics.median(r["with"]["latency_s"] for r in records),
-        "p50_latency_without_context_s": statistics.median(r["without"]["latency_s"] for r in records),
+        "p50_cold_latency_with_context_s": cold_latency_p50(records, "with"),
+        "p50_cold_latency_without_context_s": cold_latency_p50(records, "without"),
         "by_library": by_library,
         "libraries": [asdict(library) for library in LIBRARIES],
         "settings": {"with": {**SETTINGS, "contextTokens": CONTEXT_ON}, "without": {**SETTINGS, "contextTokens": 0}},
@@ -477,6 +482,11 @@ def entry(records: list[dict], source: str, status: dict) -> dict:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu_model(),
     }
+
+
+def cold_latency_p50(records: list[dict], name: str) -> float:
+    """The median latency of a server's answers on the holes where it asked first."""
+    return statistics.median(r[name]["latency_s"] for number, r in enumerate(records, 1) if asks_first(number) == name)
 
 
 def write_entry(new: dict, path: Path) -> None:

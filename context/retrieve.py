@@ -44,7 +44,11 @@ class Snippet:
 
 def identifiers(text: str) -> frozenset[str]:
     """The identifiers of a text, without keywords and one-letter names."""
-    return frozenset(word for word in _IDENTIFIER.findall(text) if len(word) > 1 and word not in _COMMON_WORDS)
+    return frozenset(identifiers_in_order(text))
+
+
+def identifiers_in_order(text: str) -> list[str]:
+    return [word for word in _IDENTIFIER.findall(text) if len(word) > 1 and word not in _COMMON_WORDS]
 
 
 def jaccard(left: frozenset[str], right: frozenset[str]) -> float:
@@ -143,11 +147,10 @@ def names_near_cursor(prefix: str, suffix: str) -> list[str]:
     declared = declared_types(prefix)
     ordered: list[str] = []
     for line in [before[-1] + after_line, *reversed(before[:-1])]:
-        for name in reversed(_IDENTIFIER.findall(line)):
-            if len(name) > 1 and name not in _COMMON_WORDS:
-                for candidate in (name, *types_of(name, declared)):
-                    if candidate not in ordered:
-                        ordered.append(candidate)
+        for name in reversed(identifiers_in_order(line)):
+            for candidate in (name, *types_of(name, declared)):
+                if candidate not in ordered:
+                    ordered.append(candidate)
     return ordered
 
 
@@ -290,10 +293,6 @@ def names_the_file_lacks(index, current_path: str, prefix: str, suffix: str) -> 
     return [name for name in dict.fromkeys(on_line + nowhere) if defined_elsewhere(name)]
 
 
-def identifiers_in_order(text: str) -> list[str]:
-    return [word for word in _IDENTIFIER.findall(text) if len(word) > 1 and word not in _COMMON_WORDS]
-
-
 def repository_context(
     index,
     current_path: str,
@@ -304,18 +303,20 @@ def repository_context(
     budget_tokens: int,
     read_text: Callable[[str], str | None],
     repo: RepoFormat = QWEN25_CODER.repo,
+    only_when_needed: bool = True,
 ) -> str:
-    """The whole context slot for a cursor: definitions first, then chunks of recent files like
-    the code before the cursor, within the budget, in the repository-level format.
+    """The context slot for a cursor: definitions first, then chunks of recent files like the code
+    before the cursor, within the budget, in the repository-level format.
 
-    Empty unless the cursor probably needs a name that the file does not define
-    (`names_the_file_lacks`). Context that the line does not need only moves the model off the
-    file's own patterns: on 180 ordinary lines of three libraries (benchmarks/ordinary_holes.py),
-    context on everywhere changed 21 outcomes (8 gained, 13 lost), and none of those 21 lines used
-    a name the context held and the file lacked. This test holds on 1 of those 180 lines and on 40
-    of the 60 cross-file holes of benchmarks/repo_context.py, which call another file's function.
+    With `only_when_needed`, it is empty unless the cursor probably needs a name that the file does
+    not define (`names_the_file_lacks`). Context that the line does not need only moves the model
+    off the file's own patterns. On 180 ordinary lines of three libraries
+    (benchmarks/ordinary_holes.py), context at every cursor changed 21 outcomes (8 gained, 13
+    lost), and none of those 21 lines used a name that the context held and the file lacked
+    (benchmarks/context_causes.py). The test holds at 1 of those 180 cursors and at 40 of the 60
+    cross-file holes of benchmarks/repo_context.py, which call another file's function.
     """
-    if not names_the_file_lacks(index, current_path, prefix, suffix):
+    if only_when_needed and not names_the_file_lacks(index, current_path, prefix, suffix):
         return ""
     definitions = definition_snippets(index, current_path, prefix, suffix, read_text)
     others = {path: text for path, text in recent_files.items() if path != current_path}
