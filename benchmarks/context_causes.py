@@ -36,7 +36,6 @@ import importlib.util
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -91,7 +90,7 @@ class Workspaces:
 
     def __init__(self) -> None:
         self.indexes: dict[Path, WorkspaceIndex] = {}
-        self.store = Path(tempfile.mkdtemp(prefix="fimble-context-causes-"))
+        self.store = work_dir() / "index"  # beside the trees; a rerun parses nothing again
 
     def index(self, root: Path) -> WorkspaceIndex:
         if root not in self.indexes:
