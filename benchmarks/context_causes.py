@@ -134,11 +134,12 @@ def gated_context(cursor: Cursor, count_tokens) -> str:
 # --- 1. the window ------------------------------------------------------------------------------
 
 
-def window_changes(cursors: list[tuple[dict, Cursor]], tokenizer, count_tokens) -> dict:
+def window_changes(cursors: list[tuple[dict, Cursor]], contexts: list[str], tokenizer) -> dict:
+    """`contexts`: each cursor's context, at every cursor."""
     changed = 0
-    for _, cursor in cursors:
+    for (_, cursor), context in zip(cursors, contexts):
         plain = build_fim_prompt_around(cursor.prefix, cursor.suffix, tokenizer)
-        with_context = build_fim_prompt_around(cursor.prefix, cursor.suffix, tokenizer, context=always_context(cursor, count_tokens))
+        with_context = build_fim_prompt_around(cursor.prefix, cursor.suffix, tokenizer, context=context)
         changed += (plain.prefix, plain.suffix) != (with_context.prefix, with_context.suffix)
     return {"holes": len(cursors), "holes_whose_windows_change_with_context": changed}
 
@@ -146,11 +147,12 @@ def window_changes(cursors: list[tuple[dict, Cursor]], tokenizer, count_tokens) 
 # --- 2. relevance -------------------------------------------------------------------------------
 
 
-def relevance(cursors: list[tuple[dict, Cursor]], count_tokens) -> dict:
+def relevance(cursors: list[tuple[dict, Cursor]], contexts: list[str]) -> dict:
+    """`contexts`: each cursor's context, at every cursor."""
     rows = []
-    for record, cursor in cursors:
+    for (record, cursor), context in zip(cursors, contexts):
         needed = names_the_line_needs(record["code"], cursor.prefix + cursor.suffix)
-        held = needed & set(identifiers(always_context(cursor, count_tokens)))
+        held = needed & set(identifiers(context))
         rows.append({"key": record["key"], "outcome": outcome(record), "needs": sorted(needed), "context_holds": sorted(held)})
     changed = [row for row in rows if row["outcome"] in ("gained", "lost")]
     return {
@@ -273,12 +275,13 @@ def main() -> None:
 
     workspaces = Workspaces()
     cursors = ordinary_cursors(records, trees, workspaces)
+    contexts = [always_context(cursor, count_tokens) for _, cursor in cursors]
     result = {
         "holes_file": shown_path(args.holes),
         "gated_holes_file": shown_path(args.gated_holes),
         "context_tokens": CONTEXT_TOKENS,
-        "window": window_changes(cursors, tokenizer, count_tokens),
-        "relevance": relevance(cursors, count_tokens),
+        "window": window_changes(cursors, contexts, tokenizer),
+        "relevance": relevance(cursors, contexts),
         "gate": {"ordinary_holes": gate_on_ordinary_holes(cursors), "cross_file_holes": gate_on_cross_file_holes(CROSS_FILE_HOLES, workspaces)},
         "noise": noise_floor(ordinary_cursors(read_records(args.gated_holes), trees, workspaces)),
         "cache": typing_churn(cursors, tokenizer, count_tokens),

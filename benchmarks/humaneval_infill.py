@@ -139,22 +139,20 @@ def answers_from_result(result: Any, latency_s: float) -> list[Answer]:
     return answers
 
 
-def context_files_of(command: types.Command | None) -> tuple[str, ...]:
-    details = accepted_details(command)
-    files = details.get("contextFiles") if isinstance(details, dict) else getattr(details, "contextFiles", None)
-    return tuple(files or ())
-
-
-def accepted_details(command: types.Command | None):
-    """The details the server attaches to an item (lsp_server/acceptance.py), or None."""
+def accepted_detail(command: types.Command | None, key: str):
+    """One of the details the server attaches to an item (lsp_server/acceptance.py), or None."""
     if command is None or command.command != "fimble.accepted" or not command.arguments:
         return None
-    return command.arguments[0]
+    details = command.arguments[0]
+    return details.get(key) if isinstance(details, dict) else getattr(details, key, None)
+
+
+def context_files_of(command: types.Command | None) -> tuple[str, ...]:
+    return tuple(accepted_detail(command, "contextFiles") or ())
 
 
 def mean_logprob_of(command: types.Command | None) -> float | None:
-    details = accepted_details(command)
-    value = details.get("meanLogprob") if isinstance(details, dict) else getattr(details, "meanLogprob", None)
+    value = accepted_detail(command, "meanLogprob")
     return float(value) if isinstance(value, (int, float)) else None
 
 
