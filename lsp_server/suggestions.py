@@ -21,6 +21,7 @@ the generation goes on, so that typing on, or asking again, finds the whole line
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
@@ -51,6 +52,9 @@ class Generation:
     streamed: str = ""  # the model's text for the cursor so far
     mode: CompletionMode = CompletionMode.NONE  # known once the request's mode is decided
     waiters: int = 0
+    # An answer from it went to a request already: the editor showed it (a draft at the latency
+    # budget, or the whole answer), so a later request typed into it gets its rest as `from_cache`.
+    shown: bool = False
     # Set once the mode is known and the model is loaded; the latency budget leaves out the time
     # before, so that a model still loading never turns a suggestion into nothing.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -99,6 +103,14 @@ class Suggestions:
             answer = await self._wait(generation, request)
             if answer is not None:
                 return answer
+            if generation.serves(request):
+                # Past the latency budget, the model has not yet written past this cursor, and
+                # what it wrote agrees with what was typed: it goes on (its line is for the cache).
+                # A second generation would only compute the same line again beside it; under
+                # load (a cold KV cache after a daemon restart) every keystroke started one, and
+                # each slowed the others (benchmarks/fault_recovery.py).
+                return Completion("", generation.mode, empty_because="late")
+            self._cancel_unless_serving(uri, request)
         else:
             self._cancel_unless_serving(uri, request)
             await debounce()
@@ -164,7 +176,13 @@ class Suggestions:
             generation.waiters -= 1
             if generation.waiters == 0 and not generation.keep_running:
                 self._cancel_unless_taken_over(generation)
-        return rest_after(completion, typed_since(generation.request, request))
+        rest = rest_after(completion, typed_since(generation.request, request))
+        if rest is None:
+            return None
+        # Taken over from a cancelled request, the answer is shown for the first time.
+        rest = dataclasses.replace(rest, from_cache=generation.shown)
+        generation.shown = True
+        return rest
 
     def _cancel_unless_taken_over(self, generation: Generation) -> None:
         """Stop a generation its last waiter left. Editors cancel the request of the keystroke before

@@ -131,7 +131,7 @@ class Daemon:
             log.info("listening on %s (pid %d)", path, os.getpid())
             if takeover:
                 takeover.listening()
-            self._create_pool()
+            self._create_pool(takeover.hand_over_models() if takeover else {})
             if self.config.standby:
                 spawn_daemon(standby=True)
             idle = asyncio.create_task(self._exit_when_idle(path))
@@ -146,15 +146,20 @@ class Daemon:
             path.unlink(missing_ok=True)
             lock.close()
 
-    def _create_pool(self) -> None:
+    def _create_pool(self, preloaded: dict) -> None:
         """The pool loads a role's model on the first request that needs it: a role nobody asks
         for costs no memory, and roles with equal specs share one load. `fimble lsp` asks for the
-        single-line model as soon as an editor window opens."""
+        single-line model as soon as an editor window opens. `preloaded`: the models a standby
+        loaded before it took over."""
         if isinstance(self.roles, Exception):
             return
         from fimble.models.pool import EnginePool  # torch: imported after the socket is up
 
-        self.pool = (self._pool_factory or EnginePool)(self.roles)
+        self.pool = self._pool_factory(self.roles) if self._pool_factory else EnginePool(self.roles, preloaded=preloaded)
+        for role in self.pool.preloaded_roles() if preloaded else ():
+            # Its engine starts now, not at the first request: the model is there. A failure is
+            # raised to the first request for the role, which then loads again (_engine).
+            self._load(role).add_done_callback(lambda load: load.cancelled() or load.exception())
 
     def _load(self, role: Role) -> asyncio.Future:
         loop = asyncio.get_running_loop()

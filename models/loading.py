@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from fimble.models import cpu_attention  # noqa: F401  (registers fp32 attention for bf16 on CPU)
 from fimble.models import int8
-from fimble.models.embedded import EMBEDDED_MODELS, ensure_embedded_checkpoint
+from fimble.models.embedded import EMBEDDED_MODELS, checkpoint_dir, ensure_embedded_checkpoint, is_complete_checkpoint
 from fimble.models.spec import ModelSpec, Quantization
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,31 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         ) from error
     model.eval()
     return LoadedModel(model, tokenizer, spec, name, device, quantization, attention)
+
+
+def load_if_kept_quantized(spec: ModelSpec) -> LoadedModel | None:
+    """The model as `load_model` gives it, when that takes only reading the int8 cache
+    (models/int8.py): a CPU int8-weight-only model of a local or embedded checkpoint, converted and
+    quantized already. None otherwise, and then nothing is converted, quantized or downloaded: the
+    standby daemon (models/standby.py) must never duplicate a load the serving daemon is doing."""
+    if spec.is_remote:
+        return None
+    device = resolve_device(spec)
+    if device.type != "cpu" or resolve_quantization(spec, device) != "int8-weight-only":
+        return None
+    if spec.source in EMBEDDED_MODELS:
+        embedded = EMBEDDED_MODELS[spec.source]
+        source, name = checkpoint_dir(model=embedded), embedded.name
+        if not is_complete_checkpoint(source):
+            return None
+    else:
+        source = Path(spec.source).expanduser()
+        if not (source / "config.json").is_file():
+            return None
+        name = source.name
+    if not int8.cache_file(source, name).exists():
+        return None
+    return load_model(spec)
 
 
 def _quantize(model: PreTrainedModel, quantization: Quantization) -> PreTrainedModel:

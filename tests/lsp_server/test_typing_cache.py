@@ -142,6 +142,9 @@ async def test_a_keystroke_that_agrees_with_the_answer_being_written_waits_for_i
         after = await multi_line_status(daemon)
         assert after["requests"] == before["requests"] + requests_alone and after["cancelled"] == before["cancelled"]
         assert second.items and set(second.items[0].insert_text) == {"x"}
+        # The first request was cancelled before it showed anything: this is the answer's first
+        # showing, not a cached one (the acceptance statistics count it as shown).
+        assert not second.items[0].command.arguments[0]["fromCache"]
     finally:
         await client.shutdown_session()
         await client.stop()

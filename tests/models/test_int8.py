@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fimble.models import int8
-from fimble.models.loading import load_model
+from fimble.models.loading import load_if_kept_quantized, load_model
 from fimble.models.spec import ModelSpec
 
 PROMPT = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
@@ -108,3 +108,18 @@ def test_two_checkpoints_of_one_name_keep_their_own_entries(checkpoint, tmp_path
     load_model(int8_spec(checkpoint))
     load_model(int8_spec(other))
     assert len(cache_entries(tmp_path)) == 2
+
+
+def test_the_standby_loads_a_model_only_from_the_cache_and_it_computes_what_a_full_load_does(checkpoint, tmp_path):
+    spec = int8_spec(checkpoint)
+    # Nothing cached yet: the standby must not quantize (the serving daemon may be doing it).
+    assert load_if_kept_quantized(spec) is None
+    assert cache_entries(tmp_path) == []
+    loaded = load_model(spec)
+    preloaded = load_if_kept_quantized(spec)
+    assert preloaded is not None and preloaded.spec == spec
+    assert torch.equal(logits(preloaded), logits(loaded))
+    # Models a cache can't hold are never preloaded: unquantized, remote.
+    assert load_if_kept_quantized(ModelSpec(source=str(checkpoint), quantization="none", device="cpu")) is None
+    assert load_if_kept_quantized(ModelSpec(source="http://127.0.0.1:9/v1")) is None
+    assert load_if_kept_quantized(ModelSpec(source=str(tmp_path / "no-such-checkpoint"), quantization="int8-weight-only", device="cpu")) is None
