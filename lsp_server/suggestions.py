@@ -48,6 +48,7 @@ class Generation:
     request: CompletionRequest
     started_at: float  # time.monotonic() of the keystroke it answers
     keep_running: bool  # a prefetch, or an answer shown as a draft: it runs on with nobody waiting
+    background: bool = False  # a prefetch: scheduled after every completion someone waits for
     task: asyncio.Task | None = None
     streamed: str = ""  # the model's text for the cursor so far
     mode: CompletionMode = CompletionMode.NONE  # known once the request's mode is decided
@@ -103,12 +104,13 @@ class Suggestions:
             answer = await self._wait(generation, request)
             if answer is not None:
                 return answer
-            if generation.serves(request):
+            if generation.serves(request) and not generation.background:
                 # Past the latency budget, the model has not yet written past this cursor, and
                 # what it wrote agrees with what was typed: it goes on (its line is for the cache).
                 # A second generation would only compute the same line again beside it; under
                 # load (a cold KV cache after a daemon restart) every keystroke started one, and
-                # each slowed the others (benchmarks/fault_recovery.py).
+                # each slowed the others (benchmarks/fault_recovery.py). A prefetch is left to
+                # run, but a user now waits for this line: it gets a generation at their priority.
                 return Completion("", generation.mode, empty_because="late")
             self._cancel_unless_serving(uri, request)
         else:
@@ -143,7 +145,7 @@ class Suggestions:
             del self._generations[uri]
 
     def _start(self, uri: str, request: CompletionRequest, started_at: float, keep_running: bool) -> Generation:
-        generation = Generation(request, started_at, keep_running)
+        generation = Generation(request, started_at, keep_running, background=keep_running)
         created_at = time.monotonic()
 
         def on_draft(text: str, mode: CompletionMode) -> None:
@@ -153,7 +155,7 @@ class Suggestions:
             generation.streamed, generation.mode = text, mode
 
         async def run() -> Completion:
-            completion = await self._run(uri, request, on_draft, background=keep_running)
+            completion = await self._run(uri, request, on_draft, background=generation.background)
             if self.reuse:
                 self.cache.remember(request, completion)
             return completion

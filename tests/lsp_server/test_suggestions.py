@@ -20,11 +20,13 @@ class ScriptedModel:
 
     def __init__(self) -> None:
         self.started: list[CompletionRequest] = []
+        self.background: list[bool] = []
         self.on_draft: list = []
         self.finish: list[asyncio.Future] = []
 
     async def __call__(self, uri: str, request: CompletionRequest, on_draft, background: bool) -> Completion:
         self.started.append(request)
+        self.background.append(background)
         self.on_draft.append(on_draft)
         self.finish.append(asyncio.get_running_loop().create_future())
         on_draft("", LINE)  # the model is loaded and its mode known: the latency budget runs from here
@@ -72,3 +74,18 @@ async def test_a_keystroke_the_model_disagrees_with_stops_its_generation_and_sta
     assert len(model.started) == 2 and model.finish[0].cancelled(), "the first generation should stop: 'l' disagrees with 'sum'"
     model.finish[1].set_result(Completion("(values)", LINE))
     assert (await answer).text == "(values)"
+
+
+async def test_a_keystroke_the_prefetch_has_not_reached_gets_a_generation_at_the_users_priority():
+    model = ScriptedModel()
+    suggestions = Suggestions(model)
+    suggestions.max_latency_ms = 10
+    suggestions.prefetch("file:///work/a.py", CompletionRequest("total = ", len("total = ")), time.monotonic())
+    await asyncio.sleep(0.05)  # the prefetch's budget is spent; it has written nothing yet
+
+    answer = asyncio.ensure_future(ask(suggestions, "total = s"))
+    await asyncio.sleep(0.05)
+    assert len(model.started) == 2 and not model.finish[0].done(), "the prefetch runs on, and the keystroke gets its own generation"
+    assert model.background == [True, False]
+    model.finish[1].set_result(Completion("um(values)", LINE))
+    await answer
