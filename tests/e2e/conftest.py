@@ -96,5 +96,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             vscode.workbench.page.screenshot(evidence / "page.png")
         except (WorkbenchError, OSError) as error:
             (evidence / "no-screenshot.txt").write_text(str(error))
-        report.sections.append(("VS Code at the failure", f"the page and the output channel: {evidence}"))
+        try:
+            shown = vscode.workbench.describe()
+        except (WorkbenchError, OSError) as error:
+            shown = f"not read: {error}"
+        # The folder stays on the machine that ran the tests; what was shown goes into the log too.
+        report.sections.append(("VS Code at the failure", f"{shown}\nthe page and the output channel: {evidence}"))
     return report

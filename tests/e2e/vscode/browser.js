@@ -38,6 +38,14 @@ const actions = {
   // Resolves in the page's next idle period, or after `timeout_ms` if none comes.
   idle: (page, { timeout_ms }) => page.evaluate((timeout) => new Promise((resolve) => requestIdleCallback(() => resolve(null), { timeout })), timeout_ms),
   screenshot: (page, { path }) => page.screenshot({ path }).then(() => null),
+  // What holds the keyboard focus: an iframe when a webview has it.
+  focused: (page) =>
+    page.evaluate(() => {
+      const element = document.activeElement;
+      if (!element) return "nothing";
+      const classes = [...element.classList].map((name) => `.${name}`).join("");
+      return `${element.tagName.toLowerCase()}${classes} ${element.getAttribute("aria-label") || ""}`.trim();
+    }),
   viewport: (page, { width, height }) => page.setViewportSize({ width, height }).then(() => null),
 };
 

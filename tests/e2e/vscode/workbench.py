@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +248,9 @@ GHOST_TEXT = ".ghost-text-decoration"  # the suggestion's part on the cursor lin
 GHOST_LINES = ".view-zones > div:has(.ghost-text) .view-line"
 EXTENSION_STATUS = ".statusbar-item[aria-label^='Fimble: ']"
 TOASTS = ".notifications-toasts .notification-list-item-message"
+DIRTY_TAB = ".tab.active.dirty"
+# Ctrl+S saves a test's small file in under a second here; 10 s leaves room for a slow machine.
+SAVE_KEY_TIMEOUT_S = 10
 # The latest that VS Code makes an editor's "Eventually" contributions (inline suggestions among them).
 EDITOR_CONTRIBUTIONS_DEADLINE_S = 5
 # A setting typed into the Settings editor: how long VS Code gets to write it, and how many tries.
@@ -361,8 +365,26 @@ class Workbench:
         return as_typed("\n".join([on_cursor_line, *self.page.call("texts", selector=GHOST_LINES)]))
 
     def save(self) -> None:
+        """Ctrl+S in the focused editor, done once its tab is no longer dirty. Should the key not
+        save in SAVE_KEY_TIMEOUT_S, what the page showed then is given as a warning and the key
+        is pressed once more; a save that fails again fails with what the page showed."""
         self.page.press("Control+S")
-        self.page.wait(".tab.active.dirty", state="detached")
+        try:
+            self.page.wait(DIRTY_TAB, state="detached", timeout_s=SAVE_KEY_TIMEOUT_S)
+            return
+        except WorkbenchError as error:
+            first_line = str(error).splitlines()[0]
+            warnings.warn(f"Ctrl+S did not save in {SAVE_KEY_TIMEOUT_S} s ({first_line}); {self.describe()}", stacklevel=2)
+        self.page.press("Control+S")
+        try:
+            self.page.wait(DIRTY_TAB, state="detached")
+        except WorkbenchError as error:
+            raise WorkbenchError(f"Ctrl+S pressed again did not save either: {error}\n{self.describe()}") from None
+
+    def describe(self) -> str:
+        """The focused element, the active tabs and the notifications shown, for a failure's report."""
+        tabs = self.page.call("texts", selector=".tab.active")
+        return f"focus: {self.page.call('focused')}; active tabs: {tabs}; notifications: {self.page.call('texts', selector=TOASTS)}"
 
     def wait_for_toast(self, containing: str, timeout_s: float = 30) -> str:
         selector = f"{TOASTS}:has-text('{containing}')"
