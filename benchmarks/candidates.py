@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.editor_replay import percentile  # noqa: E402
 from benchmarks.humaneval_infill import FimbleSession, check, log, parse_settings  # noqa: E402
 from benchmarks.humaneval_tasks import load_problems, single_line_tasks  # noqa: E402
-from benchmarks.remote_replay import cpu_model  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from benchmarks.sandbox import SandboxLimits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

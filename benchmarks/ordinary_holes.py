@@ -56,7 +56,7 @@ from benchmarks.editor_replay import daemon_env, stop_daemon, wait_until_loaded 
 from benchmarks.humaneval_infill import Answer, answers_from_result, show_document  # noqa: E402
 from benchmarks.lsp_text import Position, replace_range  # noqa: E402
 from benchmarks.model_tiers import config_text  # noqa: E402
-from benchmarks.remote_replay import cpu_model  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from benchmarks.sandbox import SandboxLimits, SandboxResult, run_python  # noqa: E402
 from benchmarks.typing_session import log, start_client  # noqa: E402
 from fimble import dirs  # noqa: E402

@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.keystroke_replay import RESULTS, plot, typed_file  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from fimble.completion.service import CompletionRequest, CompletionSettings, complete  # noqa: E402
 from fimble.models.backend import DaemonBackend  # noqa: E402
 from fimble.models.daemon_client import DaemonClient  # noqa: E402
@@ -44,7 +45,7 @@ from fimble.models.generation import GenerationRequest  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.remote import RemoteBackend  # noqa: E402
 from fimble.models.spec import ModelSpec, Role  # noqa: E402
-from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, NativeLlamaServer, ServerProcess, cpu_flags, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
+from tests.llama_server import LLAMA_CPP_VERSION, LlamaServer, NativeLlamaServer, ServerProcess, embedded_gguf, llama_cpp_site, native_server_binary  # noqa: E402
 
 KEY_ENV = "FIMBLE_BENCH_REMOTE_KEY"
 SETTINGS = CompletionSettings(multi_line=False, abstain_below_logprob=None)
@@ -171,15 +172,6 @@ async def replay_local(requests: list[CompletionRequest]) -> list[dict]:
     finally:
         await client.close()
     return rows
-
-
-def cpu_model() -> str:
-    """lscpu's model name, and whether the CPU has AMX: "Intel(R) Xeon(R) Processor" names machines
-    with and without it here, and AMX multiplies bf16 (prefill) much faster, so their figures must
-    not be compared as one machine's."""
-    done = subprocess.run(["lscpu"], capture_output=True, text=True)
-    name = next((line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("Model name")), "unknown")
-    return f"{name} ({'AMX' if 'amx_tile' in cpu_flags() else 'no AMX'})"
 
 
 def p50(rows: list[dict], key: str) -> float:

@@ -25,7 +25,8 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.keystroke_replay import RESULTS, typed_file  # noqa: E402
-from benchmarks.remote_replay import SERVERS, ServerTimings, cpu_model, keystroke_requests, replay_arguments, start_server  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.remote_replay import SERVERS, ServerTimings, keystroke_requests, replay_arguments, start_server  # noqa: E402
 from fimble.completion.prompt import FimBudget, build_fim_prompt_around  # noqa: E402
 from fimble.models.embedded import ensure_embedded_checkpoint  # noqa: E402
 from tests.llama_server import ServerProcess  # noqa: E402

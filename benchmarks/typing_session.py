@@ -37,7 +37,7 @@ from pygls.lsp.client import LanguageClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.lsp_text import utf16_length  # noqa: E402
-from benchmarks.remote_replay import cpu_model  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from fimble.models.daemon_client import DaemonClient  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
