@@ -34,14 +34,23 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
+# Up to this many rows go through the int8 kernel, above it through the bf16 copy. On the 0.5B
+# model's layer shapes, streamed cold from memory, the kernel takes as long for 4 rows as for 1
+# (4864x896: 0.14 ms against 0.31 ms in bf16), is still faster at 8 (0.27 against 0.36 ms) and
+# slower from 16 (0.51 against 0.43 ms; 132 rows: 3.7 against 1.5 ms, which made a keystroke's
+# prefill 0.31 s -> 0.50 s). It computes each row on its own, the same bits whatever the rows beside
+# it, so requests decoding together get each one's numbers alone.
+INT8_KERNEL_MAX_ROWS = 8
+
+
 class Int8WeightOnlyLinear(torch.nn.Module):
     """int8 weights with one scale per output channel, multiplied in bf16 (gpt-fast's int8
     weight-only scheme).
 
-    Decode (one token) reads the int8 weights through torch's `_weight_int8pack_mm` kernel: half the
-    bytes of bf16, and memory bandwidth is what bounds decode. That kernel is slow for many rows
-    (72 ms against 0.5 ms for 32 tokens on a 4864x896 layer here), so prefill multiplies by a bf16
-    copy of the weights, kept beside the int8 one: 1 GB more RAM for the 0.5B model.
+    Decoding rows (`INT8_KERNEL_MAX_ROWS` at most) read the int8 weights through torch's
+    `_weight_int8pack_mm` kernel: half the bytes of bf16, and memory bandwidth is what bounds
+    decode. That kernel is slower than bf16's for many rows, so prefill multiplies by a bf16 copy
+    of the weights, kept beside the int8 one: 1 GB more RAM for the 0.5B model.
     """
 
     def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor, weight_bf16: torch.Tensor, bias: torch.Tensor | None):
@@ -73,8 +82,8 @@ class Int8WeightOnlyLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.to(torch.bfloat16)
-        if x.numel() == x.shape[-1]:  # one row: decode
-            out = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1), self.weight_int8, self.scales)
+        if x.numel() <= INT8_KERNEL_MAX_ROWS * x.shape[-1]:  # decoding rows
+            out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight_int8, self.scales)
             out = out.reshape(*x.shape[:-1], -1)
             out = out if self.bias is None else out + self.bias
         else:

@@ -115,3 +115,29 @@ def test_cache_off_gives_the_same_answer(make_engine, tiny_loaded):
 def no_page_is_held(engine) -> bool:
     usage = engine.cache_usage()
     return round(usage["free_fraction"] * usage["blocks_total"]) + usage["blocks_cached_for_reuse"] == usage["blocks_total"]
+
+
+def test_requests_decoding_together_get_exactly_what_each_gets_alone(tiny_checkpoint, tmp_path, monkeypatch):
+    """On the CPU default (bf16, int8 weights), from the same cache state: the int8 kernel computes
+    each row on its own, so a batch of decoding requests changes no bit of any one's answer."""
+    from fimble.models import int8
+    from fimble.models.engine import Engine, EngineConfig
+    from fimble.models.loading import load_model
+    from fimble.models.spec import ModelSpec
+
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), quantization="int8-weight-only", device="cpu", threads=1))
+    shared = prompt_of(3 * PAGE, offset=5)
+    requests = [GenerationRequest(Role.SINGLE_LINE, 16, tuple(shared + [40 + i, 50 + i])) for i in range(4)]
+    with Engine(loaded, EngineConfig(page_size=PAGE)) as engine:
+        for request in requests:
+            engine.generate(request)  # every prompt's whole pages cached: each run below recomputes 2 tokens
+        alone = [engine.generate(request) for request in requests]
+        together = [handle.result(timeout=60) for handle in [engine.submit(request) for request in requests]]
+        for a, b in zip(alone, together):
+            assert a.stats.cached_tokens == b.stats.cached_tokens == 3 * PAGE
+            assert (a.token_ids, a.logprobs) == (b.token_ids, b.logprobs)
+        # Negative control: with batches on the bf16 copy of the weights, a batch does change bits.
+        monkeypatch.setattr(int8, "INT8_KERNEL_MAX_ROWS", 1)
+        bf16_batch = [handle.result(timeout=60) for handle in [engine.submit(request) for request in requests]]
+        assert [r.logprobs for r in bf16_batch] != [r.logprobs for r in alone]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fimble.models.cpu_attention import sdpa_fp32_on_cpu
 from fimble.models.engine import Engine, EngineConfig
 from fimble.models.generation import GenerationRequest
-from fimble.models.int8 import Int8WeightOnlyLinear
+from fimble.models.int8 import INT8_KERNEL_MAX_ROWS, Int8WeightOnlyLinear
 from fimble.models.loading import ModelLoadError, load_model, resolve_attention
 from fimble.models.spec import ModelSpec, Role
 from tests.models.test_engine_exactness import reference_greedy
@@ -20,26 +19,25 @@ def test_int8_weight_only_linear_decode_and_prefill_paths_agree():
     quantized = Int8WeightOnlyLinear.quantize(linear)
     dequantized = quantized.weight_int8.float() * quantized.scales.float()[:, None]
     assert (dequantized - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step, rounded
-    rows = torch.randn(1, 5, 64)
-    one_at_a_time = torch.cat([quantized(rows[:, i : i + 1]) for i in range(5)], dim=1)  # decode kernel
-    all_at_once = quantized(rows)  # prefill path
+    rows = torch.randn(1, INT8_KERNEL_MAX_ROWS + 4, 64)
+    one_at_a_time = torch.cat([quantized(rows[:, i : i + 1]) for i in range(rows.shape[1])], dim=1)  # decode kernel
+    all_at_once = quantized(rows)  # prefill path: more rows than the int8 kernel takes
     expected = torch.nn.functional.linear(rows, dequantized, linear.bias)
     torch.testing.assert_close(one_at_a_time.float(), expected, atol=0.05, rtol=0.02)
     torch.testing.assert_close(all_at_once.float(), expected, atol=0.05, rtol=0.02)
     assert one_at_a_time.dtype == rows.dtype
 
 
-def test_cpu_attention_runs_bf16_in_fp32():
-    class Attention(torch.nn.Module):
-        num_key_value_groups = 2
-        is_causal = True
-
-    torch.manual_seed(0)
-    q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
-    out, _ = sdpa_fp32_on_cpu(Attention(), q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), expected.transpose(1, 2), atol=0.03, rtol=0.02)
+def test_a_few_rows_at_once_give_each_row_exactly_its_decode_result():
+    """Requests decoding together are rows of one matrix: each must get the bits it gets alone."""
+    torch.manual_seed(1)
+    quantized = Int8WeightOnlyLinear.quantize(torch.nn.Linear(64, 48, bias=True))
+    rows = torch.randn(1, INT8_KERNEL_MAX_ROWS, 64, dtype=torch.bfloat16)
+    one_at_a_time = torch.cat([quantized(rows[:, i : i + 1]) for i in range(rows.shape[1])], dim=1)
+    for count in range(2, INT8_KERNEL_MAX_ROWS + 1):
+        assert torch.equal(quantized(rows[:, :count]), one_at_a_time[:, :count]), count
+    # The bf16 copy, which more rows take, rounds differently: the equality above is not a given.
+    assert not torch.equal(torch.nn.functional.linear(rows, quantized.weight_bf16, quantized.bias), one_at_a_time)
 
 
 def test_int8_weight_only_is_the_cpu_default(tiny_checkpoint):
