@@ -10,8 +10,9 @@ side in one process, on the embedded model, for three ways of running a batch:
   continuous batching hands it over, and every Linear of more than one row on the bf16 copy of the
   weights;
 - `per_request_attention`: attention request by request (`models/cpu_attention.py`);
-- `per_request_attention_int8_rows` (the engine's default): that, and up to
-  `INT8_KERNEL_MAX_ROWS` rows through the int8 kernel (`models/int8.py`).
+- `per_request_attention_int8_rows` (the engine's default): that, and the rows of every request
+  with at most `INT8_KERNEL_MAX_ROWS` of them (a decoding one has 1) through the int8 kernel
+  (`models/int8.py`, `RowRouting`).
 
 Each request's prompt is the same 1,400 tokens of a real file (cached) and two of its own, and it
 writes 40 tokens greedily. `step_ms` is the median over requests of the time per generated token;
@@ -58,7 +59,9 @@ def batch_mode(mode: str) -> Iterator[None]:
             AttentionInterface.register("sdpa", cpu_attention._attend)
             restore.callback(AttentionInterface.register, "sdpa", cpu_attention.sdpa_fp32_on_cpu)
         if mode != "per_request_attention_int8_rows":
+            # Every forward of more than one row on the bf16 copy, whoever's rows they are.
             restore.enter_context(patched(int8, "INT8_KERNEL_MAX_ROWS", 1))
+            restore.enter_context(patched(int8.RowRouting, "of_batch", classmethod(lambda cls, cu_seq_lens_q: None)))
         yield
 
 

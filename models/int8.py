@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import re
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,21 +36,44 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
-# Up to this many rows go through the int8 kernel, above it through the bf16 copy. On the 0.5B
-# model's layer shapes, streamed cold from memory, the kernel takes as long for 4 rows as for 1
-# (4864x896: 0.14 ms against 0.31 ms in bf16), is still faster at 8 (0.27 against 0.36 ms) and
-# slower from 16 (0.51 against 0.43 ms; 132 rows: 3.7 against 1.5 ms, which made a keystroke's
-# prefill 0.31 s -> 0.50 s). It computes each row on its own, the same bits whatever the rows beside
-# it, so requests decoding together get each one's numbers alone.
+# A request with up to this many rows in a forward pass (a decoding one has 1) goes through the
+# int8 kernel, a longer one through the bf16 copy. On the 0.5B model's layer shapes, streamed cold
+# from memory, the kernel takes as long for 4 rows as for 1 (4864x896: 0.14 ms against 0.31 ms in
+# bf16), is still faster at 8 (0.27 against 0.36 ms) and slower from 16 (0.51 against 0.43 ms;
+# 132 rows: 3.7 against 1.5 ms, which made a keystroke's prefill 0.31 s -> 0.50 s). It computes
+# each row on its own, the same bits whatever the rows beside it, so a request that shares a
+# continuous batch's forward pass gets the numbers it gets alone (see `RowRouting`).
 INT8_KERNEL_MAX_ROWS = 8
+
+
+@dataclass(frozen=True)
+class RowRouting:
+    """Which rows of a continuous batch's forward pass take the int8 kernel: those of requests with
+    at most INT8_KERNEL_MAX_ROWS rows, as each would alone. `requests` is how many there are, the
+    rows the output head sees (one per request)."""
+
+    rows: int
+    requests: int
+    int8_rows: torch.Tensor  # indices
+    bf16_rows: torch.Tensor
+
+    @classmethod
+    def of_batch(cls, cu_seq_lens_q: torch.Tensor) -> RowRouting:
+        lengths = cu_seq_lens_q.diff().long()
+        few = torch.repeat_interleave(lengths <= INT8_KERNEL_MAX_ROWS, lengths)
+        return cls(int(lengths.sum()), int((lengths > 0).sum()), few.nonzero().squeeze(1), (~few).nonzero().squeeze(1))
+
+
+# The forward pass under way in this thread (the generation loop's): set by a pre-hook on the model.
+_routing = threading.local()
 
 
 class Int8WeightOnlyLinear(torch.nn.Module):
     """int8 weights with one scale per output channel, multiplied in bf16 (gpt-fast's int8
     weight-only scheme).
 
-    Decoding rows (`INT8_KERNEL_MAX_ROWS` at most) read the int8 weights through torch's
-    `_weight_int8pack_mm` kernel: half the bytes of bf16, and memory bandwidth is what bounds
+    Decoding rows (of requests with `INT8_KERNEL_MAX_ROWS` rows at most) read the int8 weights
+    through torch's `_weight_int8pack_mm` kernel: half the bytes of bf16, and memory bandwidth is what bounds
     decode. That kernel is slower than bf16's for many rows, so prefill multiplies by a bf16 copy
     of the weights, kept beside the int8 one: 1 GB more RAM for the 0.5B model.
     """
@@ -81,14 +106,38 @@ class Int8WeightOnlyLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.to(torch.bfloat16)
-        if x.numel() <= INT8_KERNEL_MAX_ROWS * x.shape[-1]:  # decoding rows
-            out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight_int8, self.scales)
-            out = out.reshape(*x.shape[:-1], -1)
-            out = out if self.bias is None else out + self.bias
+        rows = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
+        routing: RowRouting | None = getattr(_routing, "batch", None)
+        if routing is not None and len(rows) == routing.requests:  # the output head: a row per request
+            out = self._int8(rows)
+        elif routing is not None and len(rows) == routing.rows and len(routing.int8_rows) and len(routing.bf16_rows):
+            out = rows.new_empty(len(rows), self.weight_int8.shape[0])
+            out[routing.int8_rows] = self._int8(rows[routing.int8_rows])
+            out[routing.bf16_rows] = self._bf16(rows[routing.bf16_rows])
+        elif len(rows) <= INT8_KERNEL_MAX_ROWS or (routing is not None and len(rows) == routing.rows and not len(routing.bf16_rows)):
+            out = self._int8(rows)
         else:
-            out = torch.nn.functional.linear(x, self.weight_bf16, self.bias)
-        return out.to(dtype)
+            out = self._bf16(rows)
+        return out.reshape(*x.shape[:-1], -1).to(dtype)
+
+    def _int8(self, rows: torch.Tensor) -> torch.Tensor:
+        # The kernel crashes (SIGSEGV) on rows that start off a 32-byte line, as a view into a
+        # bigger tensor can; a copy is aligned.
+        rows = rows if rows.is_contiguous() and rows.data_ptr() % 64 == 0 else rows.clone(memory_format=torch.contiguous_format)
+        out = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scales)
+        return out if self.bias is None else out + self.bias
+
+    def _bf16(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight_bf16, self.bias)
+
+
+def _note_batch_rows(module, args, kwargs) -> None:
+    cu_seq_lens_q = kwargs.get("cu_seq_lens_q")
+    _routing.batch = RowRouting.of_batch(cu_seq_lens_q) if isinstance(cu_seq_lens_q, torch.Tensor) and len(cu_seq_lens_q) > 2 else None
+
+
+def _forget_batch_rows(module, args, kwargs, output) -> None:
+    _routing.batch = None
 
 
 def quantize_int8_weight_only(model: PreTrainedModel) -> PreTrainedModel:
@@ -101,6 +150,9 @@ def _replace_linears(model: PreTrainedModel, make) -> PreTrainedModel:
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, make(child))
+    # Continuous batching passes each request's bounds to the model's forward (`cu_seq_lens_q`).
+    model.register_forward_pre_hook(_note_batch_rows, with_kwargs=True)
+    model.register_forward_hook(_forget_batch_rows, with_kwargs=True, always_call=True)
     return model
 
 

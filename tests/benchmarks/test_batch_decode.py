@@ -3,6 +3,7 @@ engine, and leaves the engine's own way in place afterwards."""
 
 from __future__ import annotations
 
+import torch
 from transformers import AttentionInterface
 
 from benchmarks import batch_decode
@@ -24,6 +25,7 @@ def test_each_mode_measures_every_batch_size_and_restores_the_engines_way(tiny_c
             assert all(f["tok_s"] > 0 and 0 <= f["answers_equal_alone"] <= int(count) for count, f in figures.items())
             assert AttentionInterface._global_mapping["sdpa"] is cpu_attention.sdpa_fp32_on_cpu
             assert int8.INT8_KERNEL_MAX_ROWS == 8
+            assert int8.RowRouting.of_batch(torch.tensor([0, 1, 3])).rows == 3
 
 
 def test_the_requests_share_the_prefix_and_differ_after_it():

@@ -141,3 +141,32 @@ def test_requests_decoding_together_get_exactly_what_each_gets_alone(tiny_checkp
         monkeypatch.setattr(int8, "INT8_KERNEL_MAX_ROWS", 1)
         bf16_batch = [handle.result(timeout=60) for handle in [engine.submit(request) for request in requests]]
         assert [r.logprobs for r in bf16_batch] != [r.logprobs for r in alone]
+
+
+def test_requests_decoding_beside_a_prefill_get_exactly_what_each_gets_alone(tiny_checkpoint, tmp_path, monkeypatch):
+    """A step that holds another request's prefill as well: the decoding requests' rows still take
+    the int8 kernel, as they would alone, and the prefill's rows the bf16 copy."""
+    from fimble.models import int8
+    from fimble.models.engine import Engine, EngineConfig
+    from fimble.models.loading import load_model
+    from fimble.models.spec import ModelSpec
+
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), quantization="int8-weight-only", device="cpu", threads=1))
+    mixed_steps = []
+    of_batch = int8.RowRouting.of_batch
+    monkeypatch.setattr(int8.RowRouting, "of_batch", classmethod(lambda cls, cu: mixed_steps.append(routing := of_batch(cu)) or routing))
+    shared = prompt_of(3 * PAGE, offset=6)
+    decoding = [GenerationRequest(Role.SINGLE_LINE, 48, tuple(shared + [60 + i])) for i in range(3)]
+    prefill = GenerationRequest(Role.SINGLE_LINE, 4, tuple(prompt_of(6 * PAGE, offset=9)))
+    with Engine(loaded, EngineConfig(page_size=PAGE, prefix_cache=False)) as engine:
+        alone = [engine.generate(request) for request in decoding]
+        handles = [engine.submit(request) for request in decoding]
+        for handle in handles:
+            next(iter(handle.stream()))  # every one decoding before the prefill arrives
+        beside = engine.submit(prefill)
+        together = [handle.result(timeout=60) for handle in handles]
+        beside.result(timeout=60)
+    assert any(len(r.int8_rows) and len(r.bf16_rows) for r in mixed_steps), "no step held a prefill beside decoding rows"
+    for a, b in zip(alone, together):
+        assert (a.token_ids, a.logprobs) == (b.token_ids, b.logprobs)

@@ -36,6 +36,9 @@ def test_a_few_rows_at_once_give_each_row_exactly_its_decode_result():
     one_at_a_time = torch.cat([quantized(rows[:, i : i + 1]) for i in range(rows.shape[1])], dim=1)
     for count in range(2, INT8_KERNEL_MAX_ROWS + 1):
         assert torch.equal(quantized(rows[:, :count]), one_at_a_time[:, :count]), count
+    # Rows that are a view off a 32-byte line (the kernel crashes on those) are copied first.
+    unaligned = torch.cat([torch.zeros(8, dtype=torch.bfloat16), rows.flatten()])[8:].view(rows.shape)
+    assert unaligned.data_ptr() % 32 and torch.equal(quantized(unaligned), one_at_a_time)
     # The bf16 copy, which more rows take, rounds differently: the equality above is not a given.
     assert not torch.equal(torch.nn.functional.linear(rows, quantized.weight_bf16, quantized.bias), one_at_a_time)
 
