@@ -6,8 +6,9 @@ keeps each request to its own keys. So each query is scored against every reques
 that grows with the square of the batch. Attending request by request (`cu_seq_lens_q` and
 `cu_seq_lens_k`, which the batch passes along, bound each one's queries and keys) computes what
 each request computes alone, to the bit. On the 0.5B model, 2, 4 and 8 requests decoding together
-over 1,400 cached tokens each took 58, 69 and 91 ms a step this way, against 121, 316 and 744 ms
-(30 ms for one alone; `benchmarks/batch_decode.py` has the figures with the int8 kernel's rows).
+over 1,400 cached tokens each took 77, 66 and 115 ms a step this way, against 95, 167 and 773 ms
+(28 ms for one alone; `benchmarks/batch_decode.py`, which also has the figures with the int8
+kernel's rows).
 
 **fp32 for decoding.** torch's CPU attention kernel is ~8x slower in bf16 than in fp32: one decode
 query over 600 keys took 510 us against 63 us here, 15 ms of a 63 ms decode step for the 0.5B
