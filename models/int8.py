@@ -122,7 +122,7 @@ class Int8WeightOnlyLinear(torch.nn.Module):
 
     def _int8(self, rows: torch.Tensor) -> torch.Tensor:
         # The kernel crashes (SIGSEGV) on rows that start off a 32-byte line, as a view into a
-        # bigger tensor can; a copy is aligned.
+        # bigger tensor can (seen at a 16-byte offset); a copy starts on the allocator's 64.
         rows = rows if rows.is_contiguous() and rows.data_ptr() % 64 == 0 else rows.clone(memory_format=torch.contiguous_format)
         out = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scales)
         return out if self.bias is None else out + self.bias
