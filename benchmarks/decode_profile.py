@@ -42,7 +42,7 @@ from benchmarks.keystroke_replay import RESULTS, typed_file  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
 from fimble.models.engine import Engine, EngineConfig  # noqa: E402
 from fimble.models.generation import GenerationRequest  # noqa: E402
-from fimble.models.int8 import Int8WeightOnlyLinear  # noqa: E402
+from fimble.models.int8 import Int8WeightOnlyLinear, quantize_per_channel  # noqa: E402
 from fimble.models.loading import default_threads  # noqa: E402
 from fimble.models.pool import start_engine  # noqa: E402
 from fimble.models.spec import ModelSpec, Role  # noqa: E402
@@ -79,9 +79,7 @@ def layer_shapes(config) -> list[tuple[int, int]]:
 
 
 def int8_weight_only(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    scales = weight.abs().amax(dim=1) / 127
-    quantized = torch.round(weight / scales[:, None]).to(torch.int8)
-    scales = scales.to(torch.bfloat16)
+    quantized, scales = quantize_per_channel(weight)  # the engine's own quantization
     return lambda x: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), quantized, scales)
 
 

@@ -64,6 +64,14 @@ class RowRouting:
         return cls(int(lengths.sum()), int((lengths > 0).sum()), few.nonzero().squeeze(1), (~few).nonzero().squeeze(1))
 
 
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights and their bf16 scales, one per output channel (row), as the int8 kernel takes them."""
+    weight = weight.float()
+    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+    weight_int8 = torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return weight_int8, scales.to(torch.bfloat16)
+
+
 # The forward pass under way in this thread (the generation loop's): set by a pre-hook on the model.
 _routing = threading.local()
 
@@ -87,10 +95,7 @@ class Int8WeightOnlyLinear(torch.nn.Module):
 
     @classmethod
     def quantize(cls, linear: torch.nn.Linear) -> Int8WeightOnlyLinear:
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
-        weight_int8 = torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8)
-        scales = scales.to(torch.bfloat16)
+        weight_int8, scales = quantize_per_channel(linear.weight.detach())
         # The bf16 copy used for prefill is rebuilt from the int8 weights, so both paths agree.
         weight_bf16 = weight_int8.to(torch.bfloat16) * scales[:, None]
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
@@ -108,16 +113,16 @@ class Int8WeightOnlyLinear(torch.nn.Module):
         dtype = x.dtype
         rows = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
         routing: RowRouting | None = getattr(_routing, "batch", None)
-        if routing is not None and len(rows) == routing.requests:  # the output head: a row per request
+        if routing is None or len(rows) not in (routing.rows, routing.requests):  # no batch: a plain forward, or one request
+            out = self._int8(rows) if len(rows) <= INT8_KERNEL_MAX_ROWS else self._bf16(rows)
+        elif len(rows) == routing.requests or not len(routing.bf16_rows):  # the output head (a row per request), or only short requests
             out = self._int8(rows)
-        elif routing is not None and len(rows) == routing.rows and len(routing.int8_rows) and len(routing.bf16_rows):
+        elif not len(routing.int8_rows):
+            out = self._bf16(rows)
+        else:
             out = rows.new_empty(len(rows), self.weight_int8.shape[0])
             out[routing.int8_rows] = self._int8(rows[routing.int8_rows])
             out[routing.bf16_rows] = self._bf16(rows[routing.bf16_rows])
-        elif len(rows) <= INT8_KERNEL_MAX_ROWS or (routing is not None and len(rows) == routing.rows and not len(routing.bf16_rows)):
-            out = self._int8(rows)
-        else:
-            out = self._bf16(rows)
         return out.reshape(*x.shape[:-1], -1).to(dtype)
 
     def _int8(self, rows: torch.Tensor) -> torch.Tensor:
