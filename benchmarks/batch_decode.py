@@ -29,6 +29,7 @@ import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -60,19 +61,9 @@ def batch_mode(mode: str) -> Iterator[None]:
             restore.callback(AttentionInterface.register, "sdpa", cpu_attention.sdpa_fp32_on_cpu)
         if mode != "per_request_attention_int8_rows":
             # Every forward of more than one row on the bf16 copy, whoever's rows they are.
-            restore.enter_context(patched(int8, "INT8_KERNEL_MAX_ROWS", 1))
-            restore.enter_context(patched(int8.RowRouting, "of_batch", classmethod(lambda cls, cu_seq_lens_q: None)))
+            restore.enter_context(patch.object(int8, "INT8_KERNEL_MAX_ROWS", 1))
+            restore.enter_context(patch.object(int8.RowRouting, "of_batch", classmethod(lambda cls, cu_seq_lens_q: None)))
         yield
-
-
-@contextlib.contextmanager
-def patched(owner, name: str, value) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 def requests_for(prompt: list[int], count: int) -> list[GenerationRequest]:

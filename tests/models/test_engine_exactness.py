@@ -1,11 +1,15 @@
-"""Cached and uncached logits must match: the engine's prefix cache against the plain model."""
+"""Cached and uncached logits must match: the engine's prefix cache against the plain model; and
+requests decoding together must get, bit for bit, what each gets alone."""
 
 from __future__ import annotations
 
 import torch
 
+from fimble.models import int8
+from fimble.models.engine import Engine, EngineConfig
 from fimble.models.generation import GenerationRequest
-from fimble.models.spec import Role
+from fimble.models.loading import load_model
+from fimble.models.spec import ModelSpec, Role
 from tests.waiting import wait_for
 
 ATOL = 1e-4
@@ -117,16 +121,16 @@ def no_page_is_held(engine) -> bool:
     return round(usage["free_fraction"] * usage["blocks_total"]) + usage["blocks_cached_for_reuse"] == usage["blocks_total"]
 
 
+def tiny_int8_model(tiny_checkpoint, tmp_path, monkeypatch):
+    """The tiny checkpoint on the CPU default: bf16, int8 weight-only, its quantized copy in tmp_path."""
+    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
+    return load_model(ModelSpec(source=str(tiny_checkpoint), quantization="int8-weight-only", device="cpu", threads=1))
+
+
 def test_requests_decoding_together_get_exactly_what_each_gets_alone(tiny_checkpoint, tmp_path, monkeypatch):
     """On the CPU default (bf16, int8 weights), from the same cache state: the int8 kernel computes
     each row on its own, so a batch of decoding requests changes no bit of any one's answer."""
-    from fimble.models import int8
-    from fimble.models.engine import Engine, EngineConfig
-    from fimble.models.loading import load_model
-    from fimble.models.spec import ModelSpec
-
-    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
-    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), quantization="int8-weight-only", device="cpu", threads=1))
+    loaded = tiny_int8_model(tiny_checkpoint, tmp_path, monkeypatch)
     shared = prompt_of(3 * PAGE, offset=5)
     requests = [GenerationRequest(Role.SINGLE_LINE, 16, tuple(shared + [40 + i, 50 + i])) for i in range(4)]
     with Engine(loaded, EngineConfig(page_size=PAGE)) as engine:
@@ -146,13 +150,7 @@ def test_requests_decoding_together_get_exactly_what_each_gets_alone(tiny_checkp
 def test_requests_decoding_beside_a_prefill_get_exactly_what_each_gets_alone(tiny_checkpoint, tmp_path, monkeypatch):
     """A step that holds another request's prefill as well: the decoding requests' rows still take
     the int8 kernel, as they would alone, and the prefill's rows the bf16 copy."""
-    from fimble.models import int8
-    from fimble.models.engine import Engine, EngineConfig
-    from fimble.models.loading import load_model
-    from fimble.models.spec import ModelSpec
-
-    monkeypatch.setenv("FIMBLE_CACHE_DIR", str(tmp_path / "cache"))
-    loaded = load_model(ModelSpec(source=str(tiny_checkpoint), quantization="int8-weight-only", device="cpu", threads=1))
+    loaded = tiny_int8_model(tiny_checkpoint, tmp_path, monkeypatch)
     mixed_steps = []
     of_batch = int8.RowRouting.of_batch
     monkeypatch.setattr(int8.RowRouting, "of_batch", classmethod(lambda cls, cu: mixed_steps.append(routing := of_batch(cu)) or routing))
